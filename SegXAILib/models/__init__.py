@@ -1,0 +1,5 @@
+"""Networks (residual U-Net, 3D TransUNet), model cards, and loading/saving models."""
+from __future__ import annotations
+
+from .card import ClassInfo, ModelCard  # noqa: F401
+from .store import LoadedModel, build_network, load_model, save_model, bundled_models, default_model_name  # noqa: F401

@@ -1,0 +1,150 @@
+"""Finding, loading and saving models: a card plus safetensors weights, or a card plus TorchScript.
+
+Nothing here unpickles: safetensors holds only tensors, and TorchScript is loaded with ``torch.jit.load``.
+Bundled models live in ``Resources/Models/<name>/``; ``Resources/Models/models.json`` names the default.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SegXAIError
+from ..preprocessing import Preprocessing
+from .card import ModelCard
+
+ARCHITECTURES = ("residual_unet", "transunet3d", "torchscript")
+
+
+def resources_dir() -> Path:
+    """``Resources/`` of the checkout or Slicer extension (or ``$SEGXAI_RESOURCES``)."""
+    env = os.environ.get("SEGXAI_RESOURCES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "Resources"
+
+
+def models_dir() -> Path:
+    return resources_dir() / "Models"
+
+
+def bundled_models() -> list:
+    """Names of the models shipped in ``Resources/Models``."""
+    root = models_dir()
+    return sorted(p.name for p in root.iterdir() if (p / "card.json").exists()) if root.is_dir() else []
+
+
+def default_model_name() -> str:
+    """The bundled model used when none is given (``Resources/Models/models.json``'s ``default``)."""
+    index = models_dir() / "models.json"
+    if index.exists():
+        return json.loads(index.read_text())["default"]
+    names = bundled_models()
+    if not names:
+        raise SegXAIError(f"no bundled model in {models_dir()}; pass --model with a model folder")
+    return names[0]
+
+
+def build_network(card: ModelCard) -> nn.Module:
+    """An untrained network of the card's architecture, with the card's class count as output channels."""
+    args = dict(card.arch_args)
+    if card.architecture == "residual_unet":
+        from .unet import residual_unet
+
+        return residual_unet(in_channels=1, out_channels=card.num_classes, **args)
+    if card.architecture == "transunet3d":
+        from .transunet import TransUNet3D
+
+        args.setdefault("img_size", tuple(card.patch))
+        return TransUNet3D(in_channels=1, out_channels=card.num_classes, **args)
+    raise SegXAIError(f"model {card.name!r} has unknown architecture {card.architecture!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with its card and the pre-processing the card prescribes."""
+
+    network: nn.Module
+    card: ModelCard
+    folder: Path
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.card.spacing, self.card.window, self.card.orientation)
+
+
+def resolve_model_folder(name_or_path: str | os.PathLike | None) -> Path:
+    """A model folder from a bundled name, a folder path, or a path to a card.json."""
+    if name_or_path is None or str(name_or_path) == "":
+        name_or_path = default_model_name()
+    path = Path(name_or_path)
+    if path.is_file() and path.name.endswith(".json"):
+        return path.parent
+    if path.is_dir():
+        return path
+    bundled = models_dir() / str(name_or_path)
+    if bundled.is_dir():
+        return bundled
+    known = ", ".join(bundled_models()) or "none"
+    raise SegXAIError(f"no model {name_or_path!r}: not a folder with a card.json, and not a bundled model ({known})")
+
+
+def _check_channels(network: nn.Module, card: ModelCard, source: Path) -> None:
+    """Run a zero patch through the network and check it returns one channel per card class."""
+    with torch.no_grad():
+        out = network(torch.zeros(1, 1, *card.patch))
+    if out.ndim != 5 or out.shape[1] != card.num_classes:
+        raise SegXAIError(
+            f"{source} returns {tuple(out.shape[1:2])} output channels but its card lists {card.num_classes} classes; "
+            "the weights and the card do not belong together"
+        )
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a bundled model by name, or a user's model folder (card.json + weights)."""
+    folder = resolve_model_folder(name_or_path)
+    card = ModelCard.load(folder / "card.json")
+    weights = folder / card.weights
+    if not weights.exists():
+        raise SegXAIError(f"model {card.name!r}: weights file {weights} is missing")
+    if card.architecture == "torchscript":
+        try:
+            network = torch.jit.load(str(weights), map_location="cpu")
+        except Exception as err:
+            raise SegXAIError(f"{weights} is not a loadable TorchScript file ({str(err).splitlines()[0][:120]})") from None
+        _check_channels(network, card, weights)
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise SegXAIError(f"{weights} is corrupt or not a safetensors file ({str(err)[:120]}); re-download or retrain the model") from None
+        network = build_network(card)
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())[:200]
+            raise SegXAIError(f"{weights} does not fit the {card.architecture} its card describes ({detail})") from None
+    network.eval()
+    return LoadedModel(network.to(device), card, folder)
+
+
+def save_model(network: nn.Module, card: ModelCard, folder: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and ``card.json`` into ``folder`` (created if needed)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    card.weights = "model.safetensors"
+    tmp = folder / ".model.safetensors.partial"
+    save_file(state, str(tmp), metadata={"name": card.name, "architecture": card.architecture})
+    os.replace(tmp, folder / card.weights)
+    card.save(folder / "card.json")
+    return folder
