@@ -1,0 +1,94 @@
+"""Evaluate a model against reference labels: per case and per class, the metrics of :mod:`metrics`.
+
+Cases come from a training config (each case says which of its label values mean which classes, so
+partially labelled data is scored only on what it annotates) or from two folders of matching file names
+(reference value n = model class value n).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .metrics import mask_metrics
+from .models.store import LoadedModel
+from .pipeline import segment
+from .training import Case
+from .volume import read_volume
+
+COLUMNS = ["dice", "iou", "sensitivity", "specificity", "precision", "accuracy", "hd95_mm", "volume_pred_ml", "volume_ref_ml", "volume_error_ml"]
+
+
+def evaluate_case(case: Case, model: LoadedModel, device="auto", progress=None) -> dict:
+    """Segment one case and score every class group it annotates (plus organ-with-lesion unions)."""
+    volume = read_volume(case.image)
+    reference = read_volume(case.label)
+    result = segment(volume, model, device, progress=progress, name=str(case.image))
+    value = {c.name: c.value for c in model.card.classes}
+    pred, ref = result.labels.array, reference.array
+    spacing_kji = volume.spacing[::-1]
+    rows = {}
+    groups = {}
+    for source_value, names in sorted(case.groups.items()):
+        key = "+".join(names)
+        groups.setdefault(key, ([value[n] for n in names if n in value], []))[1].append(source_value)
+    # an organ scored with its lesions when the case labels them apart (liver Dice as LiTS counts it)
+    for lesion, host in model.card.postprocessing.get("inside", {}).items():
+        if host in groups and lesion in groups:
+            groups[f"{host} incl. {lesion}"] = (groups[host][0] + groups[lesion][0], groups[host][1] + groups[lesion][1])
+    for key, (pred_values, ref_values) in groups.items():
+        rows[key] = mask_metrics(np.isin(pred, pred_values), np.isin(ref, ref_values), spacing_kji, volume.voxel_volume_ml)
+    return {"case": case.id, "patient": case.meta.get("patient", ""), "source": case.meta.get("source", ""),
+            "seconds": round(result.seconds["total"], 2), "classes": rows}
+
+
+def evaluate(cases: list, model: LoadedModel, device="auto", log: Callable[[str], None] = print, progress: Optional[Callable] = None) -> list:
+    results = []
+    for case in cases:
+        log(f"evaluating {case.id} ({case.image})")
+        results.append(evaluate_case(case, model, device, progress))
+    return results
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf"
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def table(results: list) -> str:
+    """A plain-text table: one row per case and class."""
+    head = ["case", "class", "dice", "iou", "sens", "spec", "prec", "hd95mm", "vol_ml", "ref_ml"]
+    rows = [head]
+    for r in results:
+        for name, m in r["classes"].items():
+            rows.append([r["case"], name] + [_fmt(m[k]) for k in ("dice", "iou", "sensitivity", "specificity", "precision", "hd95_mm", "volume_pred_ml", "volume_ref_ml")])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def write_reports(results: list, out_dir: str | Path, model_name: str, overwrite: bool = False) -> dict:
+    """``evaluation.csv`` (one row per case and class) and ``evaluation.json`` in ``out_dir``."""
+    from .volume import refuse_overwrite
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / "evaluation.csv", out_dir / "evaluation.json"
+    for p in (csv_path, json_path):
+        refuse_overwrite(p, overwrite)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "case", "patient", "class"] + COLUMNS)
+        for r in results:
+            for name, m in r["classes"].items():
+                w.writerow([model_name, r["case"], r["patient"], name] + [m.get(k, "") for k in COLUMNS])
+    json_path.write_text(json.dumps({"model": model_name, "cases": results}, indent=2, default=float) + "\n")
+    return {"csv": csv_path, "json": json_path}

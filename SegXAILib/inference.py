@@ -1,0 +1,130 @@
+"""Sliding-window inference: MONAI's Gaussian-blended windows, device choice, bf16 on GPU, progress,
+cancel, and a fallback that never lets CUDA running out of memory crash the run."""
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from .errors import Cancelled, SegXAIError
+
+#: progress(stage, fraction in [0, 1])
+ProgressFn = Callable[[str, float], None]
+
+
+class CancelToken:
+    """A flag another thread (the Slicer panel, a Ctrl-C handler) sets; work checks it between windows."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+def choose_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' → CUDA when present, else CPU; 'cuda' without a GPU is a clear error."""
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith(("cuda", "gpu")):
+        if not torch.cuda.is_available():
+            raise SegXAIError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        return torch.device(name.replace("gpu", "cuda"))
+    if name == "cpu":
+        return torch.device("cpu")
+    raise SegXAIError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
+    """How many windows MONAI's sliding window visits for this image and patch (for progress)."""
+    total = 1
+    for size, roi in zip(shape, patch):
+        size = max(size, roi)
+        interval = max(int(roi * (1 - overlap)), 1)
+        n = 1 if size <= roi else int(math.ceil((size - roi) / interval)) + 1
+        total *= n
+    return total
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def sliding_window_logits(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    patch: Sequence[int],
+    overlap: float = 0.5,
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 2,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+    stage: str = "segmenting",
+) -> torch.Tensor:
+    """Logits (C, K, J, I) float32 on the CPU for a model-grid image (K, J, I).
+
+    Windows run on ``device`` (bf16 autocast on CUDA); the blended output stays on the CPU, so GPU memory is
+    set by the window batch, not by the volume. On CUDA out-of-memory the window batch is halved, then the
+    run moves to the CPU with a warning.
+    """
+    device = torch.device(device)
+    total = count_windows(image.shape, patch, overlap)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    while True:
+        try:
+            return _run(network, x, patch, overlap, device, sw_batch_size, total, progress, cancel, stage)
+        except Cancelled:
+            raise
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if device.type != "cuda" or not _is_oom(err):
+                raise
+            torch.cuda.empty_cache()
+            if sw_batch_size > 1:
+                sw_batch_size //= 2
+                warnings.warn(f"GPU out of memory; retrying with {sw_batch_size} window(s) at a time")
+            else:
+                warnings.warn("GPU out of memory even with one window; continuing on the CPU (slower)")
+                device = torch.device("cpu")
+                network.to(device)
+
+
+def _run(network, x, patch, overlap, device, sw_batch_size, total, progress, cancel, stage) -> torch.Tensor:
+    network.to(device)
+    done = [0]
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        if cancel is not None:
+            cancel.check()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = network(window.to(device, non_blocking=True))
+        done[0] += window.shape[0]
+        if progress is not None:
+            progress(stage, min(done[0] / total, 1.0))
+        return out.float()
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            x,
+            roi_size=tuple(int(p) for p in patch),
+            sw_batch_size=sw_batch_size,
+            predictor=predictor,
+            overlap=overlap,
+            mode="gaussian",
+            sw_device=device,
+            device=torch.device("cpu"),
+        )
+    return logits[0].float()
