@@ -1,0 +1,261 @@
+"""The ``segxai`` command line: argument parsing and messages only; the work happens in the library.
+
+Every user-facing problem arrives as a :class:`SegXAIError` and is printed as one line with a non-zero exit
+code; Ctrl-C stops cleanly (writers are atomic, so no half-written file is left).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import Cancelled, SegXAIError
+
+#: sub-commands provided by other modules, registered when they import (explain, scene)
+PLUGINS = ("cli_explain", "cli_scene")
+
+
+# ---- shared helpers -----------------------------------------------------------------------------
+def tqdm_progress(desc: str = ""):
+    """A progress callback (stage, fraction) that drives one tqdm bar per stage on stderr."""
+    from tqdm import tqdm
+
+    state = {"bar": None, "stage": None}
+
+    def update(stage: str, fraction: float) -> None:
+        if stage != state["stage"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["bar"] = tqdm(total=100, desc=f"{desc}{stage}", unit="%", leave=False, file=sys.stderr,
+                                disable=not sys.stderr.isatty() and os.environ.get("SEGXAI_PROGRESS") != "1")
+            state["stage"] = stage
+        bar = state["bar"]
+        bar.update(int(round(fraction * 100)) - bar.n)
+        if fraction >= 1.0 and stage == "done":
+            bar.close()
+
+    return update
+
+
+def expand_inputs(inputs: list) -> list:
+    """Files as given; a folder holding volumes expands to them; a folder of DICOM slices stays one input."""
+    from .volume import split_suffix
+
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            volumes = sorted(q for q in p.iterdir() if q.is_file() and split_suffix(q.name)[1] and not q.name.endswith(".seg.nrrd"))
+            out.extend(volumes if volumes else [p])
+        else:
+            out.append(p)
+    return out
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="bundled model name or a folder with card.json (default: the bundled default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+
+# ---- segment ------------------------------------------------------------------------------------
+def cmd_segment(args) -> int:
+    from .models.store import load_model
+    from .outputs import write_segmentation_outputs
+    from .pipeline import segment
+    from .volume import read_volume, refuse_overwrite, stem
+
+    inputs = expand_inputs(args.inputs)
+    out_dir = Path(args.output)
+    # refuse before any work if an output exists
+    for p in inputs:
+        for name in (f"{stem(p)}.seg.nrrd", f"{stem(p)}_labels.nii.gz"):
+            refuse_overwrite(out_dir / name, args.overwrite)
+    model = load_model(args.model)
+    print(model.card.summary())
+    for path in inputs:
+        volume = read_volume(path)
+        result = segment(volume, model, args.device, progress=tqdm_progress(f"{stem(path)}: "), name=str(path))
+        files = write_segmentation_outputs(result.labels, model.card.classes, out_dir, stem(path), args.overwrite)
+        print(f"{path}: {volume.shape[::-1]} voxels (i, j, k), {result.seconds['total']:.1f} s on {result.device}")
+        for row in result.class_table():
+            print(f"  {row['name']:<14} {row['voxels']:>10} voxels {row['volume_ml']:>10.1f} mL")
+        for f in files.values():
+            print(f"  wrote {f}")
+    return 0
+
+
+# ---- evaluate -----------------------------------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate, table, write_reports
+    from .models.store import load_model
+    from .training import config_from_folders, load_config
+
+    model = load_model(args.model)
+    print(model.card.summary())
+    if args.config:
+        cfg = load_config(args.config, args.data_root)
+        cases = [c for c in cfg.cases if not args.cases or c.id in args.cases.split(",")]
+    elif args.images and args.labels:
+        cfg = config_from_folders(args.images, args.labels, [c.name for c in model.card.foreground], model.card.architecture, model.card.name)
+        cases = cfg.cases
+    else:
+        raise SegXAIError("give --images DIR --labels DIR, or --config CONFIG.json [--cases id,id]")
+    if not cases:
+        raise SegXAIError("no case to evaluate (check --cases)")
+    trained = {c.get("id") for c in model.card.training.get("cases", [])}
+    results = evaluate(cases, model, args.device)
+    print(table(results))
+    seen = [r["case"] for r in results if r["case"] in trained]
+    if seen:
+        print(f"note: {', '.join(seen)} were in this model's training data; their figures are not a test result")
+    files = write_reports(results, args.output, model.card.name, args.overwrite)
+    print(f"wrote {files['csv']} and {files['json']}")
+    return 0
+
+
+# ---- train --------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    import torch
+
+    from .inference import choose_device
+    from .training import config_from_folders, load_config, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.config:
+        cfg = load_config(args.config, args.data_root, exclude=tuple(args.exclude.split(",")) if args.exclude else ())
+    elif args.images and args.labels:
+        if not args.classes:
+            raise SegXAIError("with --images/--labels, say what label values 1, 2, … mean: --classes liver,spleen")
+        cfg = config_from_folders(args.images, args.labels, args.classes.split(","), args.arch, args.name or Path(args.output).name)
+    else:
+        raise SegXAIError("give --config CONFIG.json, or --images DIR --labels DIR --classes a,b --arch unet|transunet")
+    if args.arch and args.config:
+        arch = {"unet": "residual_unet", "transunet": "transunet3d"}.get(args.arch, args.arch)
+        if arch != cfg.architecture:
+            raise SegXAIError(f"--arch {args.arch} contradicts the config's architecture {cfg.architecture}")
+    if args.steps:
+        cfg.train["steps"] = args.steps
+    if args.validation is not None:
+        cfg.validation = [v for v in args.validation.split(",") if v]
+    out = Path(args.output)
+    if (out / "card.json").exists() and not args.overwrite:
+        raise SegXAIError(f"{out} already holds a model; pass --overwrite to replace it")
+    train(cfg, out, choose_device(args.device), command="segxai " + shlex.join(args.argv))
+    return 0
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .models.store import load_model, resources_dir
+    from .outputs import write_segmentation_outputs
+    from .pipeline import segment
+    from .report import segmentation_montage
+    from .volume import read_volume
+
+    sample = resources_dir() / "Samples" / "ct_totalseg_A.nii.gz"
+    if not sample.exists():
+        raise SegXAIError(f"the bundled sample {sample} is missing; is this a complete checkout?")
+    out_dir = Path(args.output)
+    png = out_dir / "demo.png"
+    model = load_model(args.model)
+    print(model.card.summary())
+    volume = read_volume(sample)
+    result = segment(volume, model, args.device, progress=tqdm_progress("demo: "))
+    files = write_segmentation_outputs(result.labels, model.card.classes, out_dir, "demo", overwrite=True)
+    segmentation_montage(volume, result.labels, model.card.classes, png, title=f"{model.card.name} on the bundled sample (TotalSegmentator, CC BY 4.0)")
+    print(f"segmented the sample in {result.seconds['total']:.1f} s on {result.device}")
+    for row in result.class_table():
+        print(f"  {row['name']:<14} {row['volume_ml']:>10.1f} mL")
+    print(f"wrote {files['segmentation']}, {files['labels']} and {png}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segxai", description="Segment 3D CT and explain the segmentation.")
+    parser.add_argument("--version", action="version", version=f"segxai {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("segment", help="segment CT volumes: writes <stem>.seg.nrrd and <stem>_labels.nii.gz")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI/NRRD/MHA files, DICOM folders, or a folder of volumes")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    add_model_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="Dice, IoU, sensitivity, … of a model against reference labels")
+    p.add_argument("--images", help="folder of CT volumes")
+    p.add_argument("--labels", help="folder of label volumes with the same names (value n = model class n)")
+    p.add_argument("--config", help="a training config (cases with per-case label meanings) instead of folders")
+    p.add_argument("--cases", help="with --config: comma-separated case ids to evaluate (default: all)")
+    p.add_argument("--data-root", help="with --config: folder the case paths are relative to")
+    p.add_argument("-o", "--output", default="evaluation", help="folder for evaluation.csv and evaluation.json")
+    add_model_args(p)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a residual U-Net or TransUNet; writes model.safetensors + card.json")
+    p.add_argument("--config", help="training config JSON (see configs/)")
+    p.add_argument("--data-root", help="folder the config's case paths are relative to")
+    p.add_argument("--exclude", help="comma-separated case ids to leave out entirely (e.g. a test patient)")
+    p.add_argument("--validation", help="comma-separated case ids held out and measured each epoch ('' for none)")
+    p.add_argument("--images", help="folder of CT volumes")
+    p.add_argument("--labels", help="folder of label volumes with matching names")
+    p.add_argument("--classes", help="with --images/--labels: names of label values 1, 2, … (e.g. liver,spleen)")
+    p.add_argument("--arch", choices=["unet", "transunet", "residual_unet", "transunet3d"], help="architecture")
+    p.add_argument("--name", help="model name (default: the output folder's name)")
+    p.add_argument("--steps", type=int, help="training steps (overrides the config)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("-o", "--output", required=True, help="model folder to write")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="segment the bundled sample CT and draw a picture")
+    p.add_argument("-o", "--output", default="segxai-demo", help="output folder (default: segxai-demo)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    import importlib
+
+    for plugin in PLUGINS:
+        try:
+            module = importlib.import_module(f"{__package__}.{plugin}")
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.simplefilter("ignore", category=FutureWarning)
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as err:
+        print(f"segxai: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("segxai: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    except SegXAIError as err:
+        print(f"segxai: error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("segxai: error: out of memory; try a smaller input or a machine with more memory", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The ``segxai`` front door: segment writes both files on the input's exact grid; every bad input gets one
+clear line and a non-zero exit, never a traceback, and nothing the user had is overwritten."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from conftest import make_sitk, rotation
+from helpers import tiny_model_folder
+from SegXAILib.cli import main
+from SegXAILib.volume import read_volume
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    return tiny_model_folder(tmp_path / "tiny-model")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _write(path, array, spacing=(2.0, 2.0, 3.0), direction=np.eye(3), origin=(0.0, 0.0, 0.0)):
+    sitk.WriteImage(make_sitk(array, spacing, direction, origin), str(path))
+    return path
+
+
+def test_segment_writes_both_files_on_an_oblique_input_grid(tmp_path, capsys, model_dir, ct_like):
+    oblique = rotation("z", 25) @ rotation("x", 10)
+    src = _write(tmp_path / "oblique.nrrd", ct_like, (1.7, 0.9, 2.5), oblique, (10.5, -20.25, 33.0))
+    code, out, err = run(capsys, "segment", src, "-o", tmp_path / "out", "--model", model_dir, "--device", "cpu")
+    assert code == 0, err
+    vol = read_volume(src)
+    labels = read_volume(tmp_path / "out" / "oblique_labels.nii.gz")
+    assert labels.same_geometry(vol, atol=1e-5)
+    seg = slicerio.read_segmentation(str(tmp_path / "out" / "oblique.seg.nrrd"))
+    assert np.allclose(np.asarray(seg["ijkToLPS"]), vol.ijk_to_lps, atol=1e-5)
+    names = [s["name"] for s in seg["segments"]]
+    assert names == ["liver", "spleen"]
+    liver = seg["segments"][0]
+    assert liver["terminology"]["type"][1] == "10200004"
+    assert "liver" in out and "mL" in out and "model tiny-residual_unet" in out
+
+
+def test_segment_a_folder_and_a_ras_stored_input(tmp_path, capsys, model_dir, ct_like):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write(folder / "a.nii.gz", ct_like, direction=np.diag([-1.0, -1.0, 1.0]), origin=(100.0, 50.0, 0.0))
+    _write(folder / "b.mha", ct_like)
+    code, out, err = run(capsys, "segment", folder, "-o", tmp_path / "out", "--model", model_dir)
+    assert code == 0, err
+    for stem, ext in (("a", ".nii.gz"), ("b", ".mha")):
+        assert read_volume(tmp_path / "out" / f"{stem}_labels.nii.gz").same_geometry(read_volume(folder / f"{stem}{ext}"), atol=1e-5)
+
+
+def test_existing_outputs_are_never_overwritten_without_the_flag(tmp_path, capsys, model_dir, ct_like):
+    src = _write(tmp_path / "ct.nii.gz", ct_like)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "ct.seg.nrrd").write_text("the user's precious file")
+    code, out, err = run(capsys, "segment", src, "-o", out_dir, "--model", model_dir)
+    assert code == 1 and "--overwrite" in err and "Traceback" not in err
+    assert (out_dir / "ct.seg.nrrd").read_text() == "the user's precious file"
+    assert not (out_dir / "ct_labels.nii.gz").exists()
+    code, _, err = run(capsys, "segment", src, "-o", out_dir, "--model", model_dir, "--overwrite")
+    assert code == 0, err
+    assert slicerio.read_segmentation(str(out_dir / "ct.seg.nrrd"))["segments"][0]["name"] == "liver"
+
+
+def _bad_inputs(d, ct_like):
+    nan = ct_like.astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    return {
+        "missing file": (d / "missing.nii.gz", "no such file"),
+        "not an image": ((d / "notes.nii.gz"), "could not read"),
+        "2D image": (_write2d(d / "slice.nrrd"), "2D"),
+        "4D image": (_write4d(d / "series.nii.gz"), "4D"),
+        "constant volume": (_write(d / "flat.nii.gz", np.zeros((8, 8, 8), np.int16)), "constant"),
+        "NaN voxels": (_write(d / "nan.nrrd", nan), "NaN"),
+    }
+
+
+def _write2d(path):
+    sitk.WriteImage(sitk.Image(16, 16, sitk.sitkInt16), str(path))
+    return path
+
+
+def _write4d(path):
+    sitk.WriteImage(sitk.Image([8, 8, 8, 2], sitk.sitkInt16), str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing file", "not an image", "2D image", "4D image", "constant volume", "NaN voxels"])
+def test_bad_inputs_get_one_clear_line(tmp_path, capsys, model_dir, ct_like, case):
+    (tmp_path / "notes.nii.gz").write_text("these are my notes")
+    path, message = _bad_inputs(tmp_path, ct_like)[case]
+    code, out, err = run(capsys, "segment", path, "-o", tmp_path / "out", "--model", model_dir)
+    assert code == 1
+    lines = [l for l in err.strip().splitlines() if l.startswith("segxai")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_broken_models_get_one_clear_line(tmp_path, capsys, model_dir, ct_like):
+    src = _write(tmp_path / "ct.nii.gz", ct_like)
+    card = json.loads((model_dir / "card.json").read_text())
+    card["classes"] = card["classes"][:2]  # card says 2 classes, the weights give 3 channels
+    (model_dir / "card.json").write_text(json.dumps(card))
+    code, _, err = run(capsys, "segment", src, "-o", tmp_path / "o", "--model", model_dir)
+    assert code == 1 and "does not fit" in err and "Traceback" not in err
+    other = tiny_model_folder(tmp_path / "m2")
+    (other / "model.safetensors").write_bytes(b"garbage" * 10)
+    code, _, err = run(capsys, "segment", src, "-o", tmp_path / "o", "--model", other)
+    assert code == 1 and "corrupt" in err
+    code, _, err = run(capsys, "segment", src, "-o", tmp_path / "o", "--model", tmp_path / "no-such-model")
+    assert code == 1 and "no model" in err
+
+
+def test_evaluate_writes_a_table_csv_and_json(tmp_path, capsys, model_dir, ct_like):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    _write(images / "p1.nii.gz", ct_like)
+    _write(labels / "p1.nii.gz", (ct_like > 100).astype(np.uint8))
+    code, out, err = run(capsys, "evaluate", "--images", images, "--labels", labels, "--model", model_dir, "-o", tmp_path / "ev")
+    assert code == 0, err
+    assert "dice" in out and "p1" in out
+    data = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    row = data["cases"][0]["classes"]["liver"]
+    assert 0.0 <= row["dice"] <= 1.0 and row["volume_ref_ml"] > 0
+    assert (tmp_path / "ev" / "evaluation.csv").read_text().count("\n") == 3  # header + liver + spleen
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "segment" in capsys.readouterr().out
