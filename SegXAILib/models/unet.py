@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from monai.networks.nets import UNet
 
-#: the layer Grad-CAM explains by default: the last decoder stage before the 1×1×1 head would be
-#: too late (it is class-specific); this is the deepest decoder block that still sees full resolution skips.
+#: the layer Grad-CAM explains by default: the last decoder up-block before the full-resolution output block
+#: (16 channels at half resolution in the bundled model). The output block itself yields the class logits,
+#: which would make the "explanation" the prediction again.
 DEFAULT_LAYER = "model.1.submodule.2"
 
 

@@ -1,0 +1,185 @@
+"""Explain a segmentation end to end: segment → target → each method on sliding windows → maps on the input
+grid → quality scores. The one call the CLI and the Slicer module share (no files written here).
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import SegXAIError
+from .explainers import METHODS, default_layer, make_explainer
+from .explainers.base import find_layer
+from .explainers.ig import completeness_error, make_baseline
+from .explainers.lrp import check_supported, conservation_error
+from .explainers.tiling import explain_tiled
+from .inference import CancelToken, ProgressFn, choose_device
+from .models.store import LoadedModel
+from .pipeline import SegmentationResult, segment
+from .quality import deletion_insertion, energy_inside, pointing_game, randomised_copy, region_probability, spearman
+from .targets import RegionSpec, Target, make_target, parse_region
+from .volume import Volume
+
+
+@dataclass
+class MethodResult:
+    """One method's map on the input grid (float32, signed where the method is), and how it was made."""
+
+    method: str
+    map: Volume
+    model_map: np.ndarray  # the same map on the model grid, for quality scores
+    params: dict
+    seconds: float
+    checks: dict = field(default_factory=dict)  # completeness / conservation errors and their totals
+    quality: dict = field(default_factory=dict)
+
+    @property
+    def signed(self) -> bool:
+        """IG and LRP maps keep both signs; the CAMs are ReLU'd (non-negative)."""
+        return self.method in ("ig", "lrp")
+
+    @property
+    def metadata(self) -> dict:
+        """Parameters and checks, for a front door that stores them beside the map."""
+        return {"method": self.method, "params": self.params, "checks": self.checks, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class ExplanationResult:
+    """Everything an explanation run produced, ready for files, a report or a Slicer scene."""
+
+    segmentation: SegmentationResult
+    target: Target
+    layer: str
+    methods: dict  # name → MethodResult, in the order asked for
+    seconds: dict
+    peak_memory: dict
+
+    @property
+    def maps(self) -> list:
+        """The method results in the order asked for (each has ``method``, ``map``, ``metadata``, ``signed``)."""
+        return list(self.methods.values())
+
+    def to_json(self) -> dict:
+        """The report's content (no arrays)."""
+        out = {
+            "model": self.segmentation.card.name,
+            "target": self.target.to_json(),
+            "layer": self.layer,
+            "device": self.segmentation.device,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "peak_memory": self.peak_memory,
+            "methods": {},
+        }
+        for name, m in self.methods.items():
+            quality = {k: v for k, v in m.quality.items() if k != "curves"}
+            if "curves" in m.quality:
+                quality["curves"] = m.quality["curves"]
+            out["methods"][name] = {"params": m.params, "seconds": round(m.seconds, 3), "checks": m.checks, "quality": quality}
+        return out
+
+
+def parse_methods(text) -> list:
+    """'gradcam,ig' (or a list) → validated method names, duplicates dropped, order kept."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for name in (n.strip().lower() for n in names):
+        if not name:
+            continue
+        if name not in METHODS:
+            raise SegXAIError(f"unknown explanation method {name!r}; use some of {', '.join(METHODS)}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise SegXAIError(f"no explanation method given; use some of {', '.join(METHODS)}")
+    return out
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory (MiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mib = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    out = {"max_rss_mib": round(rss_mib, 1)}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def explain_volume(
+    volume: Volume,
+    model: LoadedModel,
+    methods: Sequence[str] = ("gradcam",),
+    target: Optional[str] = None,
+    region: "str | RegionSpec" = "predicted",
+    layer: Optional[str] = None,
+    steps: int = 32,
+    baseline: str = "blur",
+    lrp_rule: str = "epsilon",
+    device: "str | torch.device" = "auto",
+    quality: bool = False,
+    curve_steps: int = 10,
+    sanity: bool = False,
+    segmentation: Optional[SegmentationResult] = None,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> ExplanationResult:
+    """Segment ``volume`` (unless ``segmentation`` is given) and explain class ``target`` × ``region``.
+
+    Every returned map has the input's exact geometry. ``quality`` adds energy-inside, pointing game and
+    deletion/insertion curves (costly: 2·(curve_steps+1) sliding-window passes per method); ``sanity`` adds
+    the model-randomisation check (one more explanation per method).
+    """
+    methods = parse_methods(methods)
+    device = choose_device(device)
+    spec = region if isinstance(region, RegionSpec) else parse_region(region)
+    net, card = model.network, model.card
+    if "lrp" in methods:
+        check_supported(net)  # refuse before the long work starts
+    layer = layer or default_layer(card.architecture, net)
+    if any(make_explainer(m).uses_layer for m in methods):
+        find_layer(net, layer)  # a wrong --layer fails before the segmentation runs
+    seconds = {}
+    t0 = time.perf_counter()
+    if segmentation is None:
+        segmentation = segment(volume, model, device, progress, cancel)
+    seconds["segment"] = time.perf_counter() - t0
+    pre = segmentation.preprocessed
+    predicted = torch.argmax(segmentation.logits, dim=0).numpy()  # model grid, before post-processing
+    target = make_target(card, target, spec, pre, predicted)  # the class name becomes a Target
+    del predicted
+    base = make_baseline(pre.image, baseline, model.preprocessing.window)
+    score = region_probability(net, target.class_value, target.region, card.patch, card.overlap, device) if quality else None
+    results = {}
+    net.eval()
+    for name in methods:
+        explainer = make_explainer(name, layer, steps, baseline, lrp_rule)
+        t = time.perf_counter()
+        model_map, totals = explain_tiled(explainer, net, pre.image, target.class_value, target.region, card.patch,
+                                          card.overlap, device, base if name == "ig" else None, progress, cancel, name)
+        checks = {"totals": totals}
+        if name == "ig" and totals:
+            checks["completeness_error"] = completeness_error(totals)
+        if name == "lrp" and totals:
+            checks["conservation_error"] = conservation_error(totals)
+        elapsed = time.perf_counter() - t
+        scores = {}
+        if quality and not target.is_empty:
+            scores["energy_inside"] = energy_inside(model_map, target.region)
+            scores["pointing_game"] = pointing_game(model_map, target.region)
+            stage = f"{name}: deletion/insertion"
+            report = (lambda f, stage=stage: progress(stage, f)) if progress else None
+            scores["curves"] = deletion_insertion(score, pre.image, base, model_map, curve_steps, report)
+        if sanity and not target.is_empty:
+            random_map, _ = explain_tiled(explainer, randomised_copy(net), pre.image, target.class_value, target.region,
+                                          card.patch, card.overlap, device, base if name == "ig" else None, progress,
+                                          cancel, f"{name}: randomised model")
+            scores["randomisation_spearman"] = spearman(model_map, random_map)
+        results[name] = MethodResult(name, pre.to_source(model_map, "linear"), model_map, dict(explainer.params()),
+                                     elapsed, checks, scores)
+    seconds["total"] = time.perf_counter() - t0
+    return ExplanationResult(segmentation, target, layer, results, seconds, peak_memory(device))
