@@ -70,6 +70,10 @@ def cmd_segment(args) -> int:
 
     inputs = expand_inputs(args.inputs)
     out_dir = Path(args.output)
+    stems = [stem(p) for p in inputs]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise SegXAIError(f"several inputs share the name {', '.join(clashes)}: their outputs would collide; segment them into separate folders")
     # refuse before any work if an output exists
     for p in inputs:
         for name in (f"{stem(p)}.seg.nrrd", f"{stem(p)}_labels.nii.gz"):
@@ -93,6 +97,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate, table, write_reports
     from .models.store import load_model
     from .training import config_from_folders, load_config
+    from .volume import refuse_overwrite
 
     model = load_model(args.model)
     print(model.card.summary())
@@ -106,6 +111,8 @@ def cmd_evaluate(args) -> int:
         raise SegXAIError("give --images DIR --labels DIR, or --config CONFIG.json [--cases id,id]")
     if not cases:
         raise SegXAIError("no case to evaluate (check --cases)")
+    for name in ("evaluation.csv", "evaluation.json"):
+        refuse_overwrite(Path(args.output) / name, args.overwrite)
     trained = {c.get("id") for c in model.card.training.get("cases", [])}
     results = evaluate(cases, model, args.device)
     print(table(results))
@@ -122,10 +129,8 @@ def cmd_train(args) -> int:
     import torch
 
     from .inference import choose_device
-    from .training import config_from_folders, load_config, train
+    from .training import config_from_folders, load_config, train, validate_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.config:
         cfg = load_config(args.config, args.data_root, exclude=tuple(args.exclude.split(",")) if args.exclude else ())
     elif args.images and args.labels:
@@ -138,13 +143,18 @@ def cmd_train(args) -> int:
         arch = {"unet": "residual_unet", "transunet": "transunet3d"}.get(args.arch, args.arch)
         if arch != cfg.architecture:
             raise SegXAIError(f"--arch {args.arch} contradicts the config's architecture {cfg.architecture}")
-    if args.steps:
+    if args.threads is not None and args.threads < 1:
+        raise SegXAIError(f"--threads must be at least 1, got {args.threads}")
+    if args.steps is not None:
         cfg.train["steps"] = args.steps
     if args.validation is not None:
         cfg.validation = [v for v in args.validation.split(",") if v]
+    validate_config(cfg)
     out = Path(args.output)
     if (out / "card.json").exists() and not args.overwrite:
         raise SegXAIError(f"{out} already holds a model; pass --overwrite to replace it")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train(cfg, out, choose_device(args.device), command="segxai " + shlex.join(args.argv))
     return 0
 
@@ -155,19 +165,21 @@ def cmd_demo(args) -> int:
     from .outputs import write_segmentation_outputs
     from .pipeline import segment
     from .report import segmentation_montage
-    from .volume import read_volume
+    from .volume import read_volume, refuse_overwrite
 
     sample = resources_dir() / "Samples" / "ct_totalseg_A.nii.gz"
     if not sample.exists():
         raise SegXAIError(f"the bundled sample {sample} is missing; is this a complete checkout?")
     out_dir = Path(args.output)
     png = out_dir / "demo.png"
+    for name in ("demo.seg.nrrd", "demo_labels.nii.gz", "demo.png"):
+        refuse_overwrite(out_dir / name, args.overwrite)
     model = load_model(args.model)
     print(model.card.summary())
     volume = read_volume(sample)
     result = segment(volume, model, args.device, progress=tqdm_progress("demo: "))
-    files = write_segmentation_outputs(result.labels, model.card.classes, out_dir, "demo", overwrite=True)
-    segmentation_montage(volume, result.labels, model.card.classes, png, title=f"{model.card.name} on the bundled sample (TotalSegmentator, CC BY 4.0)")
+    files = write_segmentation_outputs(result.labels, model.card.classes, out_dir, "demo", overwrite=args.overwrite)
+    segmentation_montage(volume, result.labels, model.card.classes, png, overwrite=args.overwrite, title=f"{model.card.name} on the bundled sample (TotalSegmentator, CC BY 4.0)")
     print(f"segmented the sample in {result.seconds['total']:.1f} s on {result.device}")
     for row in result.class_table():
         print(f"  {row['name']:<14} {row['volume_ml']:>10.1f} mL")
@@ -219,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="segment the bundled sample CT and draw a picture")
     p.add_argument("-o", "--output", default="segxai-demo", help="output folder (default: segxai-demo)")
     add_model_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo")
     p.set_defaults(func=cmd_demo)
 
     import importlib

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
 from pathlib import Path
 
 from .explainers import METHODS
 from .explainers.ig import BASELINES
-from .volume import partial_path, refuse_overwrite, stem as file_stem, write_volume
+from .volume import refuse_overwrite, stem as file_stem, write_json_atomic, write_volume
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -46,30 +43,6 @@ def output_names(out_dir: Path, stem: str, methods, class_name: str, quality: bo
     if quality:
         names["curves"] = out_dir / f"{stem}_explain_curves.png"
     return names
-
-
-def _json_safe(value):
-    """NaN/inf → None, numpy scalars → Python, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(data: dict, path: Path, overwrite: bool) -> None:
-    refuse_overwrite(path, overwrite)
-    tmp = partial_path(path)
-    try:
-        tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _Progress:
@@ -130,7 +103,7 @@ def run(args) -> int:
             plot_curves(curves, names["curves"], f"{info.name} — {result.target.description}", args.overwrite)
         elif "curves" in names:
             report["files"].pop("curves")
-        _write_json(report, names["report"], args.overwrite)
+        write_json_atomic(report, names["report"], args.overwrite)
         for name, m in result.methods.items():
             extra = "".join(f", {k} {v:.3g}" for k, v in m.checks.items() if k.endswith("error"))
             print(f"{name}: {names[name]} ({m.seconds:.1f} s{extra})")

@@ -7,8 +7,8 @@ partially labelled data is scored only on what it annotates) or from two folders
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,8 +17,9 @@ import numpy as np
 from .metrics import mask_metrics
 from .models.store import LoadedModel
 from .pipeline import segment
+from .preprocessing import labels_on_grid
 from .training import Case
-from .volume import read_volume
+from .volume import partial_path, read_volume, refuse_overwrite, write_json_atomic
 
 COLUMNS = ["dice", "iou", "sensitivity", "specificity", "precision", "accuracy", "hd95_mm", "volume_pred_ml", "volume_ref_ml", "volume_error_ml"]
 
@@ -29,7 +30,7 @@ def evaluate_case(case: Case, model: LoadedModel, device="auto", progress=None) 
     reference = read_volume(case.label)
     result = segment(volume, model, device, progress=progress, name=str(case.image))
     value = {c.name: c.value for c in model.card.classes}
-    pred, ref = result.labels.array, reference.array
+    pred, ref = result.labels.array, labels_on_grid(reference, volume.grid)
     spacing_kji = volume.spacing[::-1]
     rows = {}
     groups = {}
@@ -77,18 +78,22 @@ def table(results: list) -> str:
 
 def write_reports(results: list, out_dir: str | Path, model_name: str, overwrite: bool = False) -> dict:
     """``evaluation.csv`` (one row per case and class) and ``evaluation.json`` in ``out_dir``."""
-    from .volume import refuse_overwrite
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out_dir / "evaluation.csv", out_dir / "evaluation.json"
     for p in (csv_path, json_path):
         refuse_overwrite(p, overwrite)
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "case", "patient", "class"] + COLUMNS)
-        for r in results:
-            for name, m in r["classes"].items():
-                w.writerow([model_name, r["case"], r["patient"], name] + [m.get(k, "") for k in COLUMNS])
-    json_path.write_text(json.dumps({"model": model_name, "cases": results}, indent=2, default=float) + "\n")
+    tmp = partial_path(csv_path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "case", "patient", "class"] + COLUMNS)
+            for r in results:
+                for name, m in r["classes"].items():
+                    w.writerow([model_name, r["case"], r["patient"], name] + [m.get(k, "") for k in COLUMNS])
+        os.replace(tmp, csv_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    write_json_atomic({"model": model_name, "cases": results}, json_path, overwrite)
     return {"csv": csv_path, "json": json_path}

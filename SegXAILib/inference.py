@@ -49,19 +49,29 @@ def choose_device(name: str | torch.device = "auto") -> torch.device:
     raise SegXAIError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
+def window_starts(size: int, roi: int, overlap: float) -> list:
+    """Start indices along one axis, as MONAI's sliding window places them (last window flush with the end)."""
+    if size <= roi:
+        return [0]
+    interval = max(int(roi * (1 - overlap)), 1)
+    n = int(math.ceil((size - roi) / interval)) + 1
+    return sorted({min(i * interval, size - roi) for i in range(n)})
+
+
 def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
     """How many windows MONAI's sliding window visits for this image and patch (for progress)."""
     total = 1
     for size, roi in zip(shape, patch):
-        size = max(size, roi)
-        interval = max(int(roi * (1 - overlap)), 1)
-        n = 1 if size <= roi else int(math.ceil((size - roi) / interval)) + 1
-        total *= n
+        total *= len(window_starts(size, roi, overlap))
     return total
 
 
+#: torch.OutOfMemoryError appeared in torch 2.5; older versions only have the CUDA one
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    return isinstance(err, OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def sliding_window_logits(
@@ -89,7 +99,7 @@ def sliding_window_logits(
             return _run(network, x, patch, overlap, device, sw_batch_size, total, progress, cancel, stage)
         except Cancelled:
             raise
-        except (RuntimeError, torch.OutOfMemoryError) as err:
+        except (RuntimeError, OutOfMemoryError) as err:
             if device.type != "cuda" or not _is_oom(err):
                 raise
             torch.cuda.empty_cache()

@@ -75,6 +75,14 @@ def antialias(image: sitk.Image, target_spacing) -> sitk.Image:
     return sitk.SmoothingRecursiveGaussian(image, np.maximum(sigma, 1e-3).tolist())
 
 
+def labels_on_grid(labels: Volume, grid: Grid) -> np.ndarray:
+    """A label volume's values on ``grid``: the array itself when the grids match, else nearest neighbour."""
+    if labels.shape == tuple(grid.shape) and np.allclose(labels.ijk_to_ras, grid.ijk_to_ras, atol=1e-4):
+        return labels.array
+    image = labels.to_sitk()
+    return sitk.GetArrayFromImage(resample(image, grid, sitk.sitkNearestNeighbor, 0, image.GetPixelID()))
+
+
 @dataclass
 class IntensityWindow:
     """Clip HU to [low, high] and scale linearly to [0, 1]; air (−1000 HU) maps to 0 for common windows."""
@@ -168,10 +176,7 @@ class Preprocessing:
 
     def resample_labels(self, labels: Volume, grid: Grid) -> np.ndarray:
         """A label map on the model grid (nearest neighbour), e.g. a training reference."""
-        if grid.shape == labels.shape and np.allclose(grid.ijk_to_ras, labels.ijk_to_ras, atol=1e-6):
-            return labels.array
-        image = labels.to_sitk()
-        return sitk.GetArrayFromImage(resample(image, grid, sitk.sitkNearestNeighbor, 0, image.GetPixelID()))
+        return labels_on_grid(labels, grid)
 
     def __call__(self, volume: Volume) -> Preprocessed:
         source = volume.grid

@@ -32,8 +32,10 @@ def energy_inside(saliency: np.ndarray, region: np.ndarray) -> float:
     return float(positive[region].sum(dtype=np.float64)) / total
 
 
-def pointing_game(saliency: np.ndarray, region: np.ndarray) -> bool:
-    """True when the voxel of maximal saliency lies in the region."""
+def pointing_game(saliency: np.ndarray, region: np.ndarray):
+    """True when the voxel of maximal saliency lies in the region; None for a flat map (no maximum to point with)."""
+    if saliency.size == 0 or float(saliency.max()) <= float(saliency.min()):
+        return None
     return bool(region.flat[int(np.argmax(saliency))])
 
 

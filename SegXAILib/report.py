@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import Volume, partial_path
+from .volume import Volume, partial_path, refuse_overwrite
 
 
 def _display_slices(volume: Volume, labels: Volume) -> list:
@@ -31,7 +31,7 @@ def _display_slices(volume: Volume, labels: Volume) -> list:
     return panels
 
 
-def segmentation_montage(volume: Volume, labels: Volume, classes: list, path: str | Path, title: str = "") -> Path:
+def segmentation_montage(volume: Volume, labels: Volume, classes: list, path: str | Path, title: str = "", overwrite: bool = False) -> Path:
     """A PNG with three axial slices and one coronal slice, CT in a soft-tissue window, class contours."""
     import matplotlib
 
@@ -56,6 +56,7 @@ def segmentation_montage(volume: Volume, labels: Volume, classes: list, path: st
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     path = Path(path)
+    refuse_overwrite(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     fig.savefig(tmp, dpi=90, format="png")

@@ -564,7 +564,9 @@ def save_scene(path: str | os.PathLike, scene=None, overwrite: bool = False) -> 
     if path.exists() and not overwrite:
         raise SegXAIError(f"{path} exists; pass --overwrite to replace it, or choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # first decide every file name and refuse before anything is written
     used = set()
+    plan = []
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
         if not node.GetSaveWithScene() or node.IsA("vtkMRMLColorNode"):
@@ -582,8 +584,13 @@ def save_scene(path: str | os.PathLike, scene=None, overwrite: bool = False) -> 
             base += "_"
         used.add(base)
         target = path.parent / f"{base}.{extension}"
+        current = storage.GetFileName()
+        if current and Path(current).resolve() == target.resolve():
+            continue  # the node was read from exactly this file: never rewrite the user's input in place
         if target.exists() and not overwrite:
             raise SegXAIError(f"{target} exists; pass --overwrite to replace it, or choose another output folder")
+        plan.append((node, storage, target))
+    for node, storage, target in plan:
         storage.SetFileName(str(target))
         if hasattr(storage, "SetUseCompression"):
             storage.SetUseCompression(True)

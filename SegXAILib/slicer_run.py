@@ -153,7 +153,7 @@ def run_job(options: dict, out_dir: str | os.PathLike, progress=None, cancel=Non
     from . import __version__
     from .models.store import load_model
     from .pipeline import segment
-    from .volume import read_volume, write_volume
+    from .volume import json_safe, read_volume, write_json_atomic, write_volume
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def run_job(options: dict, out_dir: str | os.PathLike, progress=None, cancel=Non
     for k, (name, vol, meta, signed) in enumerate(maps):
         file = f"map_{k}_{''.join(c if c.isalnum() else '_' for c in name)}.nrrd"
         write_volume(vol, out_dir / file, overwrite=True)
-        entries.append({"name": name, "file": file, "metadata": _jsonable(meta), "signed": signed})
+        entries.append({"name": name, "file": file, "metadata": json_safe(meta), "signed": signed})
     manifest = {
         "segxai_version": __version__,
         "input": str(options["input"]),
@@ -179,25 +179,7 @@ def run_job(options: dict, out_dir: str | os.PathLike, progress=None, cancel=Non
         "maps": entries,
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }
-    path = out_dir / MANIFEST
-    tmp = out_dir / f".{MANIFEST}.partial"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def _jsonable(value):
-    """Metadata as JSON values (numpy scalars → float, tuples → lists, others → str)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
+    return write_json_atomic(manifest, out_dir / MANIFEST, overwrite=True)
 
 
 def load_job(manifest_path: str | os.PathLike) -> dict:

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import SegXAIError
-from .preprocessing import Preprocessed, resample
+from .preprocessing import Preprocessed, labels_on_grid
 from .volume import Grid, Volume, read_volume
 
 REGION_KINDS = ("predicted", "whole", "point", "mask", "empty")
@@ -92,10 +91,7 @@ def ball_mask(grid: Grid, point_ras, radius: float) -> np.ndarray:
 
 def mask_on_grid(mask: Volume, grid: Grid) -> np.ndarray:
     """Non-zero voxels of a label volume, resampled (nearest neighbour) onto ``grid``."""
-    if mask.shape == tuple(grid.shape) and np.allclose(mask.ijk_to_ras, grid.ijk_to_ras, atol=1e-6):
-        return mask.array != 0
-    image = sitk.Cast(mask.to_sitk() != 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(resample(image, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) != 0
+    return labels_on_grid(mask, grid) != 0
 
 
 def region_mask(spec: RegionSpec, pre: Preprocessed, predicted: Optional[np.ndarray], class_value: int) -> np.ndarray:

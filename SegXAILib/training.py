@@ -29,7 +29,7 @@ from .errors import SegXAIError
 from .inference import CancelToken, sliding_window_logits
 from .models.card import ClassInfo, ModelCard
 from .models.store import build_network, save_model
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, labels_on_grid
 from .volume import read_volume, split_suffix
 
 DEFAULT_INPUT = {"spacing": [3.0, 3.0, 3.0], "orientation": "LPS", "window": [-200.0, 300.0], "patch": [96, 96, 96], "overlap": 0.5}
@@ -111,28 +111,31 @@ def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = N
         raise SegXAIError(f"no training config at {path}") from None
     except json.JSONDecodeError as err:
         raise SegXAIError(f"training config {path} is not valid JSON ({err})") from None
-    root = Path(data_root) if data_root else (path.parent / raw.get("data_root", ".")).resolve()
-    arch = raw.get("architecture", "residual_unet")
-    cases = []
-    for c in raw["cases"]:
-        if c["id"] in exclude:
-            continue
-        groups = {int(k): list(v) for k, v in c["groups"].items()}
-        meta = {k: v for k, v in c.items() if k not in ("image", "label", "groups")}
-        cases.append(Case(c["id"], root / c["image"], root / c["label"], groups, meta))
-    cfg = TrainConfig(
-        name=raw["name"],
-        architecture=arch,
-        classes=list(raw["classes"]),
-        cases=cases,
-        validation=[v for v in raw.get("validation", []) if v not in exclude],
-        input=_merge(DEFAULT_INPUT, raw.get("input", {})),
-        arch_args=_merge(DEFAULT_ARCH_ARGS.get(arch, {}), raw.get("arch_args", {})),
-        train=_merge(DEFAULT_TRAIN, raw.get("train", {})),
-        postprocessing=raw.get("postprocessing", {}),
-        description=raw.get("description", ""),
-        source=str(path),
-    )
+    try:
+        root = Path(data_root) if data_root else (path.parent / raw.get("data_root", ".")).resolve()
+        arch = raw.get("architecture", "residual_unet")
+        cases = []
+        for c in raw["cases"]:
+            if c["id"] in exclude:
+                continue
+            groups = {int(k): list(v) for k, v in c["groups"].items()}
+            meta = {k: v for k, v in c.items() if k not in ("image", "label", "groups")}
+            cases.append(Case(c["id"], root / c["image"], root / c["label"], groups, meta))
+        cfg = TrainConfig(
+            name=raw["name"],
+            architecture=arch,
+            classes=list(raw["classes"]),
+            cases=cases,
+            validation=[v for v in raw.get("validation", []) if v not in exclude],
+            input=_merge(DEFAULT_INPUT, raw.get("input", {})),
+            arch_args=_merge(DEFAULT_ARCH_ARGS.get(arch, {}), raw.get("arch_args", {})),
+            train=_merge(DEFAULT_TRAIN, raw.get("train", {})),
+            postprocessing=raw.get("postprocessing", {}),
+            description=raw.get("description", ""),
+            source=str(path),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SegXAIError(f"training config {path}: a field is missing or malformed ({type(err).__name__}: {err}); see configs/ for the format") from None
     validate_config(cfg)
     return cfg
 
@@ -166,6 +169,12 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.architecture not in DEFAULT_ARCH_ARGS:
         raise SegXAIError(f"unknown architecture {cfg.architecture!r}; use unet (residual_unet) or transunet (transunet3d)")
     known = set(cfg.classes)
+    unknown_val = [v for v in cfg.validation if v not in {c.id for c in cfg.cases}]
+    if unknown_val:
+        raise SegXAIError(f"validation case(s) {unknown_val} are not among the cases {[c.id for c in cfg.cases]}")
+    steps = cfg.train.get("steps")
+    if not isinstance(steps, int) or steps < 1:
+        raise SegXAIError(f"training steps must be a positive whole number, got {steps!r}")
     for case in cfg.cases:
         for value, names in case.groups.items():
             unknown = [n for n in names if n not in known]
@@ -214,10 +223,7 @@ def membership_matrix(case: Case, class_names: list) -> tuple:
 def prepare_case(case: Case, class_names: list, pre: Preprocessing) -> PreparedCase:
     volume = read_volume(case.image)
     label = read_volume(case.label)
-    if label.shape != volume.shape:
-        raise SegXAIError(f"case {case.id}: label shape {label.shape} differs from the image's {volume.shape}")
-    if not np.allclose(label.ijk_to_ras, volume.ijk_to_ras, atol=1e-3):
-        label = volume.like(_resample_label_onto(label, volume))
+    label = volume.like(labels_on_grid(label, volume.grid))
     member, lookup, names = membership_matrix(case, class_names)
     source = label.array.astype(np.int32)
     grouped = np.zeros(source.shape, dtype=np.uint8)
@@ -227,15 +233,6 @@ def prepare_case(case: Case, class_names: list, pre: Preprocessing) -> PreparedC
     groups = pre.resample_labels(volume.like(grouped), prepared.grid)
     fg = np.argwhere(groups > 0)
     return PreparedCase(case.id, prepared.image.astype(np.float32), groups.astype(np.uint8), member, names, fg)
-
-
-def _resample_label_onto(label, volume) -> np.ndarray:
-    import SimpleITK as sitk
-
-    from .preprocessing import resample
-
-    image = label.to_sitk()
-    return sitk.GetArrayFromImage(resample(image, volume.grid, sitk.sitkNearestNeighbor, 0, image.GetPixelID()))
 
 
 # ---- sampling and augmentation -------------------------------------------------------------------
@@ -341,6 +338,7 @@ def validate(network, cases: list, patch, overlap: float, device) -> dict:
     for case in cases:
         logits = sliding_window_logits(network, case.image, patch, overlap, device)
         results[case.id] = group_dice(logits.argmax(0).numpy().astype(np.int64), case)
+    network.to(device)  # an out-of-memory fallback may have moved it to the CPU
     network.train()
     return results
 

@@ -20,6 +20,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: file endings SimpleITK reads and writes for us, longest first so ".nii.gz" wins over ".gz".
 VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: what we write: single files only, so that an atomic rename moves the whole image (.mhd/.nhdr split it)
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,45 @@ def write_sitk(image: sitk.Image, path: str | os.PathLike, overwrite: bool = Fal
     return path
 
 
+def json_safe(value):
+    """Plain JSON values: numpy scalars/arrays to Python, NaN and ±inf to None (JSON has neither), others to str."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)  # paths, devices, enums: their readable form
+
+
+def write_json_atomic(data, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``data`` as indented JSON through a partial file and a rename; refuses to overwrite unless told."""
+    import json
+
+    path = Path(path)
+    refuse_overwrite(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a `Volume` as NIfTI, NRRD or MHA/MHD (chosen by the file ending)."""
     _, suffix = split_suffix(path)
-    if suffix in ("", ".seg.nrrd"):
-        raise SegXAIError(f"cannot tell the format of {path}; end it with .nii.gz, .nii, .nrrd or .mha")
+    if suffix not in WRITABLE_SUFFIXES:
+        raise SegXAIError(f"cannot write {path}: end it with .nii.gz, .nii, .nrrd or .mha (single-file formats)")
     return write_sitk(volume.to_sitk(), path, overwrite=overwrite)

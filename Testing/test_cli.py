@@ -139,3 +139,36 @@ def test_evaluate_writes_a_table_csv_and_json(tmp_path, capsys, model_dir, ct_li
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "segment" in capsys.readouterr().out
+
+
+def test_inputs_whose_outputs_would_collide_are_refused_before_any_work(tmp_path, capsys, model_dir, ct_like):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        _write(tmp_path / sub / "ct.nii.gz", ct_like)
+    code, _, err = run(capsys, "segment", tmp_path / "a" / "ct.nii.gz", tmp_path / "b" / "ct.nii.gz", "-o", tmp_path / "out", "--model", model_dir)
+    assert code == 1 and "collide" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_puts_a_reference_on_another_grid_onto_the_image_grid(tmp_path, capsys, model_dir, ct_like):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    _write(images / "p1.nii.gz", ct_like)
+    # the same reference, stored flipped (RAS): same voxels in space, another array order
+    ref = (ct_like > 100).astype(np.uint8)
+    _write(labels / "p1.nii.gz", ref[:, ::-1, ::-1].copy(), direction=np.diag([-1.0, -1.0, 1.0]), origin=(54.0, 46.0, 0.0))
+    code, out, err = run(capsys, "evaluate", "--images", images, "--labels", labels, "--model", model_dir, "-o", tmp_path / "ev")
+    assert code == 0, err
+    flipped = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["cases"][0]["classes"]["liver"]
+    _write(labels / "p1.nii.gz", ref)
+    code, out, err = run(capsys, "evaluate", "--images", images, "--labels", labels, "--model", model_dir, "-o", tmp_path / "ev", "--overwrite")
+    plain = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["cases"][0]["classes"]["liver"]
+    assert flipped["volume_ref_ml"] == plain["volume_ref_ml"] > 0
+    assert flipped["dice"] == plain["dice"]
+
+
+def test_bad_training_arguments_are_clear(tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"name": "x", "cases": [{"image": "a"}]}))
+    code, _, err = run(capsys, "train", "--config", cfg, "-o", tmp_path / "m")
+    assert code == 1 and "malformed" in err and "Traceback" not in err

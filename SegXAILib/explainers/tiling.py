@@ -19,17 +19,8 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
-from ..inference import CancelToken, ProgressFn
+from ..inference import CancelToken, ProgressFn, window_starts
 from .base import Explainer
-
-
-def window_starts(size: int, roi: int, overlap: float) -> list:
-    """Start indices along one axis, as MONAI's sliding window places them (last window flush with the end)."""
-    if size <= roi:
-        return [0]
-    interval = max(int(roi * (1 - overlap)), 1)
-    n = int(np.ceil((size - roi) / interval)) + 1
-    return sorted({min(i * interval, size - roi) for i in range(n)})
 
 
 def importance(patch: Sequence[int]) -> np.ndarray:
