@@ -178,11 +178,13 @@ class Preprocessing:
         """A label map on the model grid (nearest neighbour), e.g. a training reference."""
         return labels_on_grid(labels, grid)
 
-    def __call__(self, volume: Volume) -> Preprocessed:
-        source = volume.grid
+    def hu_on_model_grid(self, volume: Volume) -> tuple:
+        """(HU float32 on the model grid, that grid, the input grid); no resampling when the grids are one."""
+        source = volume.grid  # a new Grid per access: keep this one, model_grid returns it when nothing changes
         grid = self.grid_for(source)
-        if grid is source:
-            hu = volume.array.astype(np.float32)
-        else:
-            hu = self.resample_image(volume, grid)
+        hu = volume.array.astype(np.float32) if grid is source else self.resample_image(volume, grid)
+        return hu, grid, source
+
+    def __call__(self, volume: Volume) -> Preprocessed:
+        hu, grid, source = self.hu_on_model_grid(volume)
         return Preprocessed(self.window.apply(hu), grid, source)

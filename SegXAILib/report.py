@@ -16,9 +16,8 @@ def _display_slices(volume: Volume, labels: Volume) -> list:
     """
     from .preprocessing import Preprocessing
 
-    pre = Preprocessing(volume.spacing.min() * np.ones(3), (-1e9, 1e9), "LPS")
-    grid = pre.grid_for(volume.grid)
-    hu = volume.array.astype(np.float32) if grid is volume.grid else pre.resample_image(volume, grid)
+    pre = Preprocessing(volume.spacing.min() * np.ones(3), (-1024, 3071), "LPS")
+    hu, grid, _ = pre.hu_on_model_grid(volume)
     lab = pre.resample_labels(labels, grid)
     found = np.argwhere(lab > 0)
     ks = np.unique(found[:, 0]) if len(found) else np.array([lab.shape[0] // 2])
