@@ -159,6 +159,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---- crossval -----------------------------------------------------------------------------------
+def cmd_crossval(args) -> int:
+    import torch
+
+    from .folds import collect, make_folds, markdown_table, run_fold
+    from .inference import choose_device
+    from .training import load_config
+
+    if args.table:
+        records = collect([args.output] + (args.more or []))
+        if not records:
+            raise SegXAIError(f"no finished fold under {args.output}")
+        no_volume = tuple(c.strip() for c in (args.no_volume or "").split(",") if c.strip())
+        print(markdown_table(records, no_volume))
+        return 0
+    if not args.config:
+        raise SegXAIError("give --config CONFIG.json (or --table to print the folds already run)")
+    cfg = load_config(args.config, args.data_root)
+    folds = make_folds(cfg, args.scheme)
+    if args.fold:
+        wanted = args.fold.split(",")
+        unknown = [f for f in wanted if f not in {x.name for x in folds}]
+        if unknown:
+            raise SegXAIError(f"unknown fold(s) {unknown}; this config has {[x.name for x in folds]}")
+        folds = [f for f in folds if f.name in wanted]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = choose_device(args.device)
+    for fold in folds:
+        record = run_fold(cfg, fold, args.output, device, args.steps, command="segxai " + shlex.join(args.argv))
+        for r in record["results"]:
+            dice = ", ".join(f"{k} {v['dice']:.3f}" for k, v in r["classes"].items())
+            print(f"{fold.name}: {r['case']}: {dice}")
+    return 0
+
+
 # ---- demo ---------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from .models.store import load_model, resources_dir
@@ -227,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("crossval", help="leave-one-patient-out or cross-dataset folds: train, then score the cases left out")
+    p.add_argument("--config", help="training config JSON whose cases (with patient and dataset fields) make the folds")
+    p.add_argument("--data-root", help="folder the config's case paths are relative to")
+    p.add_argument("--scheme", choices=["lopo", "cross-dataset"], default="lopo")
+    p.add_argument("--fold", help="comma-separated fold names to run (default: all; run two processes for two cores)")
+    p.add_argument("--steps", type=int, help="training steps per fold (overrides the config)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("-o", "--output", required=True, help="folder for <fold>/model and <fold>/evaluation.json")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--table", action="store_true", help="print the Markdown table of the folds already run under -o (and --more)")
+    p.add_argument("--more", nargs="*", help="with --table: other crossval folders to put side by side")
+    p.add_argument("--no-volume", help="with --table: case ids whose spacing is assumed, so mL are not reported")
+    p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("demo", help="segment the bundled sample CT and draw a picture")
     p.add_argument("-o", "--output", default="segxai-demo", help="output folder (default: segxai-demo)")

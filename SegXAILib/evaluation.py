@@ -19,15 +19,14 @@ from .models.store import LoadedModel
 from .pipeline import segment
 from .preprocessing import labels_on_grid
 from .training import Case
-from .volume import partial_path, read_volume, refuse_overwrite, write_json_atomic
+from .volume import partial_path, refuse_overwrite, write_json_atomic
 
 COLUMNS = ["dice", "iou", "sensitivity", "specificity", "precision", "accuracy", "hd95_mm", "volume_pred_ml", "volume_ref_ml", "volume_error_ml"]
 
 
 def evaluate_case(case: Case, model: LoadedModel, device="auto", progress=None) -> dict:
     """Segment one case and score every class group it annotates (plus organ-with-lesion unions)."""
-    volume = read_volume(case.image)
-    reference = read_volume(case.label)
+    volume, reference = case.read()
     result = segment(volume, model, device, progress=progress, name=str(case.image))
     value = {c.name: c.value for c in model.card.classes}
     pred, ref = result.labels.array, labels_on_grid(reference, volume.grid)
@@ -37,10 +36,14 @@ def evaluate_case(case: Case, model: LoadedModel, device="auto", progress=None) 
     for source_value, names in sorted(case.groups.items()):
         key = "+".join(names)
         groups.setdefault(key, ([value[n] for n in names if n in value], []))[1].append(source_value)
-    # an organ scored with its lesions when the case labels them apart (liver Dice as LiTS counts it)
-    for lesion, host in model.card.postprocessing.get("inside", {}).items():
-        if host in groups and lesion in groups:
+    # an organ scored with its lesions when the case labels them apart (liver Dice as LiTS counts it); the
+    # lesion's reference still counts when the model has no lesion class (a fold trained without tumours)
+    lesions = dict(model.card.postprocessing.get("inside", {}), **{"liver tumor": "liver"})
+    for lesion, host in lesions.items():
+        if host in groups and lesion in groups and value.get(host) is not None:
             groups[f"{host} incl. {lesion}"] = (groups[host][0] + groups[lesion][0], groups[host][1] + groups[lesion][1])
+    # the model has none of a group's classes (a fold trained without them): nothing to score there
+    groups = {k: v for k, v in groups.items() if v[0]}
     for key, (pred_values, ref_values) in groups.items():
         rows[key] = mask_metrics(np.isin(pred, pred_values), np.isin(ref, ref_values), spacing_kji, volume.voxel_volume_ml)
     return {"case": case.id, "patient": case.meta.get("patient", ""), "source": case.meta.get("source", ""),

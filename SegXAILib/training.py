@@ -30,7 +30,7 @@ from .inference import CancelToken, sliding_window_logits
 from .models.card import ClassInfo, ModelCard
 from .models.store import build_network, save_model
 from .preprocessing import Preprocessing, labels_on_grid
-from .volume import read_volume, split_suffix
+from .volume import LPS_TO_RAS, read_volume, split_suffix
 
 DEFAULT_INPUT = {"spacing": [3.0, 3.0, 3.0], "orientation": "LPS", "window": [-200.0, 300.0], "patch": [96, 96, 96], "overlap": 0.5}
 DEFAULT_TRAIN = {
@@ -68,6 +68,41 @@ class Case:
     label: Path
     groups: dict  # source label value (int) -> list of class names
     meta: dict = field(default_factory=dict)
+
+    def read(self) -> tuple:
+        """The CT and its label volume, on the geometry the config declares when the header is known to be wrong."""
+        volume, label = read_volume(self.image), read_volume(self.label)
+        spec = self.meta.get("geometry")
+        if spec:
+            if label.shape != volume.shape:
+                raise SegXAIError(f"case {self.id}: label shape {label.shape} differs from the CT's {volume.shape}; a declared geometry needs both on one grid")
+            ijk_to_ras = declared_geometry(spec, f"case {self.id}")
+            volume.ijk_to_ras, label.ijk_to_ras = ijk_to_ras, ijk_to_ras.copy()
+        return volume, label
+
+
+#: anatomical letter -> unit vector in LPS (x grows to the patient's left, y to posterior, z to superior)
+_LPS_AXES = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
+
+
+def declared_geometry(spec: dict, what: str) -> np.ndarray:
+    """IJK→RAS from ``{"axes": ["S", "P", "L"], "spacing": [1.5, 1, 1]}``: where i, j, k point and their voxel size.
+
+    For data whose header is known to be wrong (a crop shipped with an identity direction, say): the axes
+    are read off the anatomy (lungs are superior, the spine posterior, the liver on the patient's right).
+    """
+    try:
+        axes = [a.upper() for a in spec["axes"]]
+        spacing = [float(x) for x in spec["spacing"]]
+        columns = np.array([_LPS_AXES[a] for a in axes], dtype=np.float64).T
+    except (KeyError, TypeError, ValueError) as err:
+        raise SegXAIError(f"{what}: geometry needs axes (three of L R P A S I) and spacing (three mm values): {err}") from None
+    if len(axes) != 3 or len(spacing) != 3 or abs(np.linalg.det(columns)) != 1 or min(spacing) <= 0:
+        raise SegXAIError(f"{what}: geometry axes {axes} must name three different directions and spacing {spacing} three positive sizes")
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = columns @ np.diag(spacing)
+    ijk_to_lps[:3, 3] = spec.get("origin", [0.0, 0.0, 0.0])
+    return LPS_TO_RAS @ ijk_to_lps
 
 
 @dataclass
@@ -221,8 +256,7 @@ def membership_matrix(case: Case, class_names: list) -> tuple:
 
 
 def prepare_case(case: Case, class_names: list, pre: Preprocessing) -> PreparedCase:
-    volume = read_volume(case.image)
-    label = read_volume(case.label)
+    volume, label = case.read()
     label = volume.like(labels_on_grid(label, volume.grid))
     member, lookup, names = membership_matrix(case, class_names)
     source = label.array.astype(np.int32)

@@ -107,9 +107,68 @@ def test_residual_unet_with_instance_norm_runs_and_reports_conservation():
         assert torch.equal(net(x), before)
 
 
-def test_transunet_is_refused():
+class TinyViT(nn.Module):
+    """Bias-free voxel tokens → MONAI self-attention (+ skip) → Linear → GELU → Linear → per-token class logits."""
+
+    def __init__(self, hidden=8, classes=3) -> None:
+        super().__init__()
+        from monai.networks.blocks.selfattention import SABlock
+
+        self.embed = nn.Linear(1, hidden, bias=False)
+        self.attn = SABlock(hidden, num_heads=2, qkv_bias=False)
+        nn.init.zeros_(self.attn.out_proj.bias)
+        self.fc1, self.act, self.fc2 = nn.Linear(hidden, 16, bias=False), nn.GELU(), nn.Linear(16, classes, bias=False)
+
+    def forward(self, x):  # x: (B, 1, d, h, w) → (B, classes, d, h, w)
+        b, c, *grid = x.shape
+        t = self.embed(x.flatten(2).transpose(1, 2))
+        t = t + self.attn(t)
+        return self.fc2(self.act(self.fc1(t))).transpose(1, 2).reshape(b, -1, *grid)
+
+
+def test_transformer_lrp_conserves_relevance_through_attention_and_gelu():
+    torch.manual_seed(0)
+    net = TinyViT().eval()
+    x = torch.randn(1, 1, 3, 4, 5)
+    w = torch.zeros(1, 3, 4, 5)
+    w[:, 1:, :2] = 1
+    result = LRP("epsilon", epsilon=1e-12).attribute(net, x, 1, w)
+    err = conservation_error(result.totals)
+    print("LRP-ε conservation error, bias-free tiny ViT:", err)
+    assert err < 1e-4
+    # plain gradient × input of the same network with its attention frozen is not conservative (GELU is
+    # not positively homogeneous): the identity rule for the gate is what makes the difference
+    from SegXAILib.explainers.lrp import _attention_with_constant_weights
+
+    handle = net.attn.register_forward_hook(lambda m, i, o: _attention_with_constant_weights(m, i[0]))
+    try:
+        xg = x.clone().requires_grad_(True)
+        score = (net(xg)[:, 1] * w).sum()
+        (g,) = torch.autograd.grad(score, xg)
+    finally:
+        handle.remove()
+    plain = float((x * g).sum())
+    assert abs(plain - float(score.detach())) / abs(float(score.detach())) > 100 * err
+
+
+def test_transunet_runs_with_reported_conservation_and_removes_its_hooks():
     from SegXAILib.models.transunet import TransUNet3D
 
-    net = TransUNet3D(1, 3, img_size=(16, 16, 16), channels=(4, 8), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=16)
-    with pytest.raises(SegXAIError, match="LRP supports"):
-        LRP().attribute(net.eval(), torch.rand(1, 1, 16, 16, 16), 1, torch.ones(1, 16, 16, 16))
+    torch.manual_seed(0)
+    net = TransUNet3D(1, 3, img_size=(16, 16, 16), channels=(4, 8), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=16).eval()
+    x = torch.rand(1, 1, 16, 16, 16)
+    result = LRP().attribute(net, x, 1, weights((16, 16, 16)))
+    print("LRP-ε conservation error, tiny TransUNet (biases, norm shifts and position embeddings absorb):",
+          conservation_error(result.totals))
+    assert torch.isfinite(result.maps).all() and float(result.maps.abs().max()) > 0
+    with torch.no_grad():
+        before = net(x)
+    LRP().attribute(net, x, 1, weights((16, 16, 16)))
+    with torch.no_grad():
+        assert torch.equal(net(x), before)
+
+
+def test_a_layer_without_a_rule_is_refused_by_name():
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.Tanh(), nn.Conv3d(2, 3, 1))
+    with pytest.raises(SegXAIError, match=r"no rule for layer '1' \(Tanh\)"):
+        LRP().attribute(net.eval(), torch.rand(1, 1, 8, 8, 8), 1, torch.ones(1, 8, 8, 8))

@@ -6,10 +6,14 @@ up-sampling) get an explicit rule in a custom autograd function: ε (R_in = a �
 αβ (positive and negative contributions split, bias ignored). With R = t ⊙ g, the ordinary gradient is
 already the LRP rule for the rest of the graph: PReLU/ReLU (positively homogeneous) pass relevance
 unchanged, skip additions split it in proportion to the summands, concatenations route it per channel.
-Instance/batch norm is treated explicitly as a linear map with frozen per-sample statistics,
+Instance/batch/layer norm is treated explicitly as a linear map with frozen per-sample statistics,
 y = γ(x − μ)/σ + β, with the ε rule; its shift (like every bias) absorbs relevance, which is why the
 conservation error Σ R_input vs the target score is reported rather than assumed zero.
-Networks with other layer types (e.g. the TransUNet's attention, LayerNorm, GELU) are refused.
+
+Transformers (the TransUNet's ViT) follow the conservative propagation of Ali et al. (ICML 2022): linear
+layers get the same ε/αβ rules; in self-attention the softmax attention matrix is held constant, so the
+output is linear in the values and relevance flows through them only; GELU passes relevance unchanged
+(R_in = R_out, the identity rule for a gate). Networks with other layer types are refused by name.
 """
 from __future__ import annotations
 
@@ -22,14 +26,17 @@ from torch import nn
 from ..errors import SegXAIError
 from .base import Attribution, Explainer, target_score
 
-_LINEAR = (nn.Conv3d, nn.ConvTranspose3d)
-_NORMS = (nn.InstanceNorm3d, nn.BatchNorm3d)
+_LINEAR = (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)
+_NORMS = (nn.InstanceNorm3d, nn.BatchNorm3d, nn.LayerNorm)
 _PASS = (nn.PReLU, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout3d, nn.Identity, nn.Upsample)
+_GATES = (nn.GELU, nn.SiLU)
 RULES = ("epsilon", "alphabeta")
 
 
 def _linear(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """The module's linear map with a chosen weight and bias."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
     if isinstance(module, nn.ConvTranspose3d):
         return F.conv_transpose3d(x, weight, bias, module.stride, module.padding, module.output_padding, module.groups, module.dilation)
     return F.conv3d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
@@ -90,8 +97,33 @@ class _EpsScale(torch.autograd.Function):
         return g * y / _stab(y, ctx.eps), None
 
 
+class _GateRule(torch.autograd.Function):
+    """Forward f(x); backward g · f(x)/x, so that x ⊙ g_in = f(x) ⊙ g_out: relevance passes a gate unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        safe = torch.where(x != 0, x, torch.ones_like(x))
+        return torch.where(x != 0, g * y / safe, torch.zeros_like(g)), None
+
+
 def _frozen_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The norm as a linear map of x: per-sample (instance) or running (batch, eval) statistics, detached."""
+    """The norm as a linear map of x: per-sample (instance/layer) or running (batch, eval) statistics, detached."""
+    if isinstance(module, nn.LayerNorm):
+        dims = tuple(range(x.ndim - len(module.normalized_shape), x.ndim))
+        mean = x.mean(dim=dims, keepdim=True).detach()
+        var = x.var(dim=dims, unbiased=False, keepdim=True).detach()
+        y = (x - mean) / torch.sqrt(var + module.eps)
+        if module.elementwise_affine:
+            y = y * module.weight.detach()
+            if module.bias is not None:
+                y = y + module.bias.detach()
+        return y
     dims = tuple(range(2, x.ndim))
     use_running = getattr(module, "track_running_stats", False) and not module.training and module.running_mean is not None
     if use_running:
@@ -107,13 +139,39 @@ def _frozen_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _is_attention(module: nn.Module) -> bool:
+    """MONAI's self-attention block in the form this LRP can rewrite (combined or separate q/k/v, no extras)."""
+    from monai.networks.blocks.selfattention import SABlock
+
+    return (isinstance(module, SABlock) and getattr(module, "rel_positional_embedding", None) is None
+            and not getattr(module, "causal", False))
+
+
+def _attention_with_constant_weights(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The SABlock's output recomputed with its softmax attention matrix detached (linear in the values)."""
+    if module.use_combined_linear:
+        q, k, v = module.input_rearrange(module.qkv(x))
+    else:
+        q, k, v = (module.input_rearrange(f(x)) for f in (module.to_q, module.to_k, module.to_v))
+    att = (torch.einsum("blxd,blyd->blxy", q, k) * module.scale).softmax(dim=-1).detach()
+    out = module.out_rearrange(torch.einsum("bhxy,bhyd->bhxd", att, v))
+    if module.include_fc:
+        out = module.out_proj(out)
+    return module.drop_output(out)
+
+
 def check_supported(network: nn.Module) -> None:
     """Refuse networks with layers this LRP has no rule for (one clear line naming the first one)."""
+    inside_attention = set()
     for name, module in network.named_modules():
-        if len(list(module.children())) == 0 and not isinstance(module, _LINEAR + _NORMS + _PASS):
+        if _is_attention(module):
+            inside_attention.update(f"{name}.{child}" for child, _ in module.named_modules() if child)
+    for name, module in network.named_modules():
+        leaf = len(list(module.children())) == 0
+        if leaf and name not in inside_attention and not isinstance(module, _LINEAR + _NORMS + _PASS + _GATES):
             raise SegXAIError(
-                f"LRP supports convolutional U-Nets (residual_unet) only; layer {name!r} ({type(module).__name__}) has no "
-                "LRP rule here — use gradcam, hirescam, gradcampp or ig for this model"
+                f"LRP has no rule for layer {name!r} ({type(module).__name__}); it covers convolutions, linear layers, "
+                "norms, (P/Leaky)ReLU, GELU and MONAI self-attention — use gradcam, hirescam, gradcampp or ig for this model"
             )
 
 
@@ -146,6 +204,14 @@ class LRP(Explainer):
                 def norm_hook(mod, inp, out):
                     return _EpsScale.apply(_frozen_norm(mod, inp[0]), self.epsilon)
                 handles.append(module.register_forward_hook(norm_hook))
+            elif isinstance(module, _GATES):
+                def gate_hook(mod, inp, out):
+                    return _GateRule.apply(inp[0], out.detach())
+                handles.append(module.register_forward_hook(gate_hook))
+            elif _is_attention(module):
+                def attention_hook(mod, inp, out):
+                    return _attention_with_constant_weights(mod, inp[0])
+                handles.append(module.register_forward_hook(attention_hook))
         return handles
 
     def attribute(self, network, inputs, class_index, weights, baseline: Optional[torch.Tensor] = None) -> Attribution:

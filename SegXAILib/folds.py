@@ -1,0 +1,164 @@
+"""Cross-validation the way the papers measure: leave-one-patient-out and cross-dataset folds.
+
+A fold trains a fresh model with :func:`training.train` on some cases of a config and scores the others
+with :func:`evaluation.evaluate`; no case a fold is scored on is ever seen by its model. Each fold writes
+``<out>/<fold>/model/`` and ``<out>/<fold>/evaluation.json``, so folds can run in separate processes (two
+CPU cores, two folds) and a finished fold is never trained again.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import SegXAIError
+from .evaluation import evaluate
+from .models.store import load_model
+from .training import TrainConfig, train, validate_config
+from .volume import write_json_atomic
+
+SCHEMES = ("lopo", "cross-dataset")
+
+
+@dataclass
+class Fold:
+    """One experiment: train on ``train`` case ids, score on ``test`` case ids."""
+
+    name: str
+    scheme: str
+    train: list
+    test: list
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def make_folds(cfg: TrainConfig, scheme: str) -> list:
+    """``lopo``: one fold per patient left out. ``cross-dataset``: train on one source, test on all the others."""
+    if scheme not in SCHEMES:
+        raise SegXAIError(f"unknown fold scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    key = "patient" if scheme == "lopo" else "dataset"
+    by_value: dict = {}
+    for case in cfg.cases:
+        value = str(case.meta.get(key) or case.id)
+        by_value.setdefault(value, []).append(case.id)
+    if len(by_value) < 2:
+        raise SegXAIError(f"{scheme} needs cases from at least two {key}s; the config has {list(by_value)}")
+    folds = []
+    all_ids = [c.id for c in cfg.cases]
+    for value, ids in by_value.items():
+        others = [i for i in all_ids if i not in ids]
+        if scheme == "lopo":
+            folds.append(Fold(f"lopo-{_slug(value)}", scheme, others, ids))
+        else:
+            folds.append(Fold(f"from-{_slug(value)}", scheme, ids, others))
+    return folds
+
+
+def fold_config(cfg: TrainConfig, fold: Fold, steps: int | None = None) -> TrainConfig:
+    """The config restricted to the fold's training cases, with no validation case (nothing is tuned on a test)."""
+    sub = copy.deepcopy(cfg)
+    sub.cases = [c for c in cfg.cases if c.id in fold.train]
+    sub.validation = []
+    # a class no training case annotates could never be told from background: leave it out of this fold's model
+    taught = {n for c in sub.cases for names in c.groups.values() for n in names if len(names) == 1 or n == names[0]}
+    sub.classes = [n for n in cfg.classes if n in taught]
+    for case in sub.cases:
+        case.groups = {v: [n for n in names if n in taught] for v, names in case.groups.items()}
+    sub.postprocessing = _postprocessing_for(cfg.postprocessing, sub.classes)
+    sub.name = f"{cfg.name}-{fold.name}"
+    if steps is not None:
+        sub.train["steps"] = int(steps)
+    validate_config(sub)
+    return sub
+
+
+def _postprocessing_for(post: dict, classes: list) -> dict:
+    out = dict(post)
+    if "largest_component" in out:
+        out["largest_component"] = [n for n in out["largest_component"] if n in classes]
+    if "inside" in out:
+        out["inside"] = {k: v for k, v in out["inside"].items() if k in classes and v in classes}
+    return out
+
+
+def run_fold(cfg: TrainConfig, fold: Fold, out_dir: str | Path, device, steps: int | None = None,
+             log: Callable[[str], None] = print, command: str = "") -> dict:
+    """Train the fold's model (unless a finished one is there) and write its ``evaluation.json``."""
+    folder = Path(out_dir) / fold.name
+    model_dir = folder / "model"
+    sub = fold_config(cfg, fold, steps)
+    card_path = model_dir / "card.json"
+    started = time.time()
+    finished = card_path.exists() and json.loads(card_path.read_text()).get("training", {}).get("finished")
+    if finished:
+        log(f"{fold.name}: using the finished model in {model_dir}")
+    else:
+        log(f"{fold.name}: training on {', '.join(fold.train)} for {sub.train['steps']} steps")
+        train(sub, model_dir, device, log=log, command=command)
+    model = load_model(model_dir)
+    test_cases = [c for c in cfg.cases if c.id in fold.test]
+    results = evaluate(test_cases, model, device, log=log)
+    record = {
+        "fold": fold.name,
+        "scheme": fold.scheme,
+        "model": cfg.name,
+        "architecture": cfg.architecture,
+        "train": fold.train,
+        "test": fold.test,
+        "steps": sub.train["steps"],
+        "training_minutes": model.card.training.get("minutes"),
+        "device": model.card.training.get("device"),
+        "seconds": round(time.time() - started, 1),
+        "results": results,
+    }
+    write_json_atomic(record, folder / "evaluation.json", overwrite=True)
+    return record
+
+
+def collect(folders: list) -> list:
+    """Every finished fold's record under the given crossval output folders."""
+    records = []
+    for root in folders:
+        for path in sorted(Path(root).glob("*/evaluation.json")):
+            records.append(json.loads(path.read_text()))
+    return records
+
+
+def _cell(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "∞"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(records: list, no_volume: tuple = ()) -> str:
+    """One row per (scheme, fold, test case, class), one column group per model, in the order given."""
+    models = list(dict.fromkeys(r["model"] for r in records))
+    index: dict = {}
+    for r in records:
+        for res in r["results"]:
+            for cls, m in res["classes"].items():
+                index.setdefault((r["scheme"], r["fold"], res["case"], res.get("patient", ""), cls), {})[r["model"]] = (m, r)
+    head = ["scheme", "fold (trained on)", "test patient", "class"]
+    for name in models:
+        head += [f"{name} Dice", "IoU", "sens", "prec", "HD95 mm", "vol err mL"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (scheme, fold, case, patient, cls), per_model in index.items():
+        trained = next(iter(per_model.values()))[1]["train"]
+        row = [scheme, f"{fold} ({', '.join(trained)})", f"{patient} ({case})" if patient else case, cls]
+        for name in models:
+            if name not in per_model:
+                row += ["–"] * 6
+                continue
+            m = per_model[name][0]
+            vol = "n/a" if case in no_volume else _cell(m.get("volume_error_ml"), 1)
+            row += [_cell(m["dice"]), _cell(m["iou"]), _cell(m["sensitivity"]), _cell(m["precision"]), _cell(m["hd95_mm"], 1), vol]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
