@@ -176,7 +176,7 @@ def cmd_crossval(args) -> int:
         return 0
     if not args.config:
         raise SegXAIError("give --config CONFIG.json (or --table to print the folds already run)")
-    cfg = load_config(args.config, args.data_root)
+    cfg = load_config(args.config, args.data_root, cases_file=args.cases)
     folds = make_folds(cfg, args.scheme)
     if args.fold:
         wanted = args.fold.split(",")
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crossval", help="leave-one-patient-out or cross-dataset folds: train, then score the cases left out")
     p.add_argument("--config", help="training config JSON whose cases (with patient and dataset fields) make the folds")
     p.add_argument("--data-root", help="folder the config's case paths are relative to")
+    p.add_argument("--cases", help="a case list (JSON with cases and data_root) that replaces the config's cases, e.g. configs/cases/all-patients.json")
     p.add_argument("--scheme", choices=["lopo", "cross-dataset"], default="lopo")
     p.add_argument("--fold", help="comma-separated fold names to run (default: all; run two processes for two cores)")
     p.add_argument("--steps", type=int, help="training steps per fold (overrides the config)")

@@ -63,7 +63,7 @@ def make_folds(cfg: TrainConfig, scheme: str) -> list:
 def fold_config(cfg: TrainConfig, fold: Fold, steps: int | None = None) -> TrainConfig:
     """The config restricted to the fold's training cases, with no validation case (nothing is tuned on a test)."""
     sub = copy.deepcopy(cfg)
-    sub.cases = [c for c in cfg.cases if c.id in fold.train]
+    sub.cases = [c for c in sub.cases if c.id in fold.train]  # the deep copies: the caller's config stays as it was
     sub.validation = []
     # a class no training case annotates could never be told from background: leave it out of this fold's model
     taught = {n for c in sub.cases for names in c.groups.values() for n in names if len(names) == 1 or n == names[0]}

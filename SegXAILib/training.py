@@ -137,17 +137,31 @@ def _merge(defaults: dict, given: dict) -> dict:
     return out
 
 
-def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None, exclude: tuple = ()) -> TrainConfig:
-    """Read a dataset/training config; case paths are relative to ``data_root`` (default: the config's ``data_root``)."""
-    path = Path(path)
+def _read_json(path: Path, what: str) -> dict:
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise SegXAIError(f"no training config at {path}") from None
+        raise SegXAIError(f"no {what} at {path}") from None
     except json.JSONDecodeError as err:
-        raise SegXAIError(f"training config {path} is not valid JSON ({err})") from None
+        raise SegXAIError(f"{what} {path} is not valid JSON ({err})") from None
+
+
+def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None, exclude: tuple = (),
+                cases_file: str | os.PathLike | None = None) -> TrainConfig:
+    """Read a dataset/training config; case paths are relative to ``data_root`` (default: the config's ``data_root``).
+
+    ``cases_file`` (a JSON with ``cases`` and ``data_root``) replaces the config's cases, and its validation
+    split, with another case list: the same recipe run on other patients (cross-validation folds).
+    """
+    path = Path(path)
+    raw = _read_json(path, "training config")
+    base = path.parent
+    if cases_file:
+        listed = _read_json(Path(cases_file), "case list")
+        raw = dict(raw, cases=listed.get("cases", []), data_root=listed.get("data_root", "."), validation=[])
+        base = Path(cases_file).parent
     try:
-        root = Path(data_root) if data_root else (path.parent / raw.get("data_root", ".")).resolve()
+        root = Path(data_root) if data_root else (base / raw.get("data_root", ".")).resolve()
         arch = raw.get("architecture", "residual_unet")
         cases = []
         for c in raw["cases"]:

@@ -295,6 +295,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="IG steps (default 32; 8 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--models", default=None, help="comma-separated bundled models (default: all)")
+    parser.add_argument("--sizes", default=None, help="comma-separated volume names to run (e.g. sample,128^3)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the team's data (for the larger volumes)")
     parser.add_argument("--no-save", action="store_true", help="do not append to bench/results/")
     args = parser.parse_args()
@@ -319,6 +320,8 @@ def main() -> None:
                "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M")}
     out_path = ROOT / "bench" / "results" / f"{'cuda-' + machine['gpu'].replace(' ', '_') if machine['gpu'] else 'cpu'}.jsonl"
+    if args.sizes:
+        sizes = {k: v for k, v in dict(CPU_SIZES, **GPU_SIZES).items() if k in args.sizes.split(",")}
     names = args.models.split(",") if args.models else bundled_models()
     for volume_name, spec in sizes.items():
         source = sample if spec is None or not larger.exists() else larger
