@@ -163,7 +163,7 @@ def cmd_train(args) -> int:
 def cmd_crossval(args) -> int:
     import torch
 
-    from .folds import collect, make_folds, markdown_table, run_fold
+    from .folds import attach_to_card, collect, make_folds, markdown_table, run_fold
     from .inference import choose_device
     from .training import load_config
 
@@ -173,6 +173,9 @@ def cmd_crossval(args) -> int:
             raise SegXAIError(f"no finished fold under {args.output}")
         no_volume = tuple(c.strip() for c in (args.no_volume or "").split(",") if c.strip())
         print(markdown_table(records, no_volume))
+        for card in args.write_card or []:
+            n = attach_to_card(records, Path(card) / "card.json")
+            print(f"wrote {n} fold(s) into {Path(card) / 'card.json'} (metrics.crossval)", file=sys.stderr)
         return 0
     if not args.config:
         raise SegXAIError("give --config CONFIG.json (or --table to print the folds already run)")
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="print the Markdown table of the folds already run under -o (and --more)")
     p.add_argument("--more", nargs="*", help="with --table: other crossval folders to put side by side")
     p.add_argument("--no-volume", help="with --table: case ids whose spacing is assumed, so mL are not reported")
+    p.add_argument("--write-card", nargs="*", metavar="MODEL_DIR", help="with --table: also write the folds run with each model's recipe into its card.json")
     p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("demo", help="segment the bundled sample CT and draw a picture")

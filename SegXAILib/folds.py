@@ -65,7 +65,8 @@ def fold_config(cfg: TrainConfig, fold: Fold, steps: int | None = None) -> Train
     sub = copy.deepcopy(cfg)
     sub.cases = [c for c in sub.cases if c.id in fold.train]  # the deep copies: the caller's config stays as it was
     sub.validation = []
-    # a class no training case annotates could never be told from background: leave it out of this fold's model
+    # a class no training case annotates could never be told from background: leave it out of this fold's model.
+    # A class is taught when a case labels it alone, or first in a group (the host: liver in "liver or tumour").
     taught = {n for c in sub.cases for names in c.groups.values() for n in names if len(names) == 1 or n == names[0]}
     sub.classes = [n for n in cfg.classes if n in taught]
     for case in sub.cases:
@@ -162,3 +163,23 @@ def markdown_table(records: list, no_volume: tuple = ()) -> str:
             row += [_cell(m["dice"]), _cell(m["iou"]), _cell(m["sensitivity"]), _cell(m["precision"]), _cell(m["hd95_mm"], 1), vol]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def attach_to_card(records: list, card_path: str | Path) -> int:
+    """Write the folds run with this card's recipe into its ``metrics.crossval``; returns how many."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    mine = [r for r in records if r["model"] == card["name"]]
+    if not mine:
+        raise SegXAIError(f"no fold under the given folders was run with {card['name']}'s config")
+    keep = ("dice", "iou", "sensitivity", "precision", "hd95_mm", "volume_error_ml")
+    card.setdefault("metrics", {})["crossval"] = {
+        "what": "the same architecture, input and training settings retrained per fold, then scored on the cases "
+                "it never saw; fold models are not the bundled weights (see steps)",
+        "folds": [{"fold": r["fold"], "scheme": r["scheme"], "train": r["train"], "test": r["test"], "steps": r["steps"],
+                   "training_minutes": r["training_minutes"], "device": r["device"],
+                   "results": {res["case"]: {cls: {k: m[k] for k in keep if k in m} for cls, m in res["classes"].items()}
+                               for res in r["results"]}} for r in mine],
+    }
+    write_json_atomic(card, card_path, overwrite=True)
+    return len(mine)

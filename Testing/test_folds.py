@@ -84,6 +84,16 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     table = markdown_table(collect([tmp_path / "cv"]), no_volume=("B",))
     assert "| cross-dataset | from-ircad (C) | A (A) | liver+liver tumor | " + f"{dice:.3f}" in table
     assert table.splitlines()[-1].endswith("| n/a |")  # B's volume error withheld
+    from SegXAILib.folds import attach_to_card
+
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps({"name": "tiny", "metrics": {"held_out": {}}}))
+    assert attach_to_card(collect([tmp_path / "cv"]), card_path) == 1
+    written = json.loads(card_path.read_text())["metrics"]
+    assert "held_out" in written and written["crossval"]["folds"][0]["results"]["A"]["liver+liver tumor"]["dice"] == dice
+    card_path.write_text(json.dumps({"name": "other"}))
+    with pytest.raises(SegXAIError, match="no fold"):
+        attach_to_card(collect([tmp_path / "cv"]), card_path)
 
 
 def test_crossval_command_prints_the_table_and_names_unknown_folds(tmp_path, data_dir, capsys):
