@@ -114,28 +114,25 @@ class _GateRule(torch.autograd.Function):
 
 def _frozen_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The norm as a linear map of x: per-sample (instance/layer) or running (batch, eval) statistics, detached."""
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, nn.LayerNorm):  # statistics and affine over the trailing normalized_shape
         dims = tuple(range(x.ndim - len(module.normalized_shape), x.ndim))
-        mean = x.mean(dim=dims, keepdim=True).detach()
-        var = x.var(dim=dims, unbiased=False, keepdim=True).detach()
-        y = (x - mean) / torch.sqrt(var + module.eps)
-        if module.elementwise_affine:
-            y = y * module.weight.detach()
-            if module.bias is not None:
-                y = y + module.bias.detach()
-        return y
-    dims = tuple(range(2, x.ndim))
+        param_shape = tuple(module.normalized_shape)
+        affine = module.elementwise_affine
+    else:  # per channel, statistics over space
+        dims = tuple(range(2, x.ndim))
+        param_shape = (1, -1) + (1,) * (x.ndim - 2)
+        affine = getattr(module, "affine", False)
     use_running = getattr(module, "track_running_stats", False) and not module.training and module.running_mean is not None
     if use_running:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        mean, var = module.running_mean.view(shape), module.running_var.view(shape)
+        mean, var = module.running_mean.view(param_shape), module.running_var.view(param_shape)
     else:
         mean = x.mean(dim=dims, keepdim=True).detach()
         var = x.var(dim=dims, unbiased=False, keepdim=True).detach()
     y = (x - mean) / torch.sqrt(var + module.eps)
-    if getattr(module, "affine", False) and module.weight is not None:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        y = y * module.weight.detach().view(shape) + module.bias.detach().view(shape)
+    if affine and module.weight is not None:
+        y = y * module.weight.detach().view(param_shape)
+        if module.bias is not None:
+            y = y + module.bias.detach().view(param_shape)
     return y
 
 
