@@ -25,6 +25,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lrp-rule", default="epsilon", choices=("epsilon", "alphabeta"), help="LRP rule (αβ uses α=2, β=1)")
     p.add_argument("--model", default=None, help="bundled model name or model folder")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 autocast on a GPU for Grad-CAM, HiResCAM, Grad-CAM++ and IG, fp32 otherwise; LRP is always fp32")
     p.add_argument("--curve-steps", type=int, default=10, help="deletion/insertion steps (at least 10)")
     p.add_argument("--no-quality", action="store_true", help="skip the quality scores and curves (faster)")
     p.add_argument("--sanity", action="store_true", help="also run the model-randomisation check")
@@ -90,7 +92,8 @@ def run(args) -> int:
             refuse_overwrite(path, args.overwrite)
         volume = read_volume(args.input)
         result = explain_volume(volume, model, methods, info.name, region, args.layer, args.steps, args.baseline,
-                                args.lrp_rule, args.device, quality, args.curve_steps, args.sanity, progress=progress)
+                                args.lrp_rule, args.device, quality, args.curve_steps, args.sanity, args.precision,
+                                progress=progress)
         progress.close()
         write_segmentation_outputs(result.segmentation.labels, model.card.classes, out_dir, stem, args.overwrite)
         for name, m in result.methods.items():

@@ -17,7 +17,7 @@ from .explainers import METHODS, default_layer, make_explainer
 from .explainers.base import find_layer
 from .explainers.ig import completeness_error, make_baseline
 from .explainers.lrp import check_supported, conservation_error
-from .explainers.tiling import explain_tiled
+from .explainers.tiling import explain_tiled, resolve_precision
 from .inference import CancelToken, ProgressFn, choose_device
 from .models.store import LoadedModel
 from .pipeline import SegmentationResult, segment
@@ -124,6 +124,7 @@ def explain_volume(
     quality: bool = False,
     curve_steps: int = 10,
     sanity: bool = False,
+    precision: str = "auto",
     segmentation: Optional[SegmentationResult] = None,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
@@ -132,7 +133,8 @@ def explain_volume(
 
     Every returned map has the input's exact geometry. ``quality`` adds energy-inside, pointing game and
     deletion/insertion curves (costly: 2·(curve_steps+1) sliding-window passes per method); ``sanity`` adds
-    the model-randomisation check (one more explanation per method).
+    the model-randomisation check (one more explanation per method). ``precision`` 'auto' runs the gradient
+    methods under bf16 autocast on CUDA and everything else in fp32 (see ``explainers.tiling``).
     """
     methods = parse_methods(methods)
     device = choose_device(device)
@@ -158,9 +160,11 @@ def explain_volume(
     net.eval()
     for name in methods:
         explainer = make_explainer(name, layer, steps, baseline, lrp_rule)
+        used = resolve_precision(precision, device, explainer)
         t = time.perf_counter()
         model_map, totals = explain_tiled(explainer, net, pre.image, target.class_value, target.region, card.patch,
-                                          card.overlap, device, base if name == "ig" else None, progress, cancel, name)
+                                          card.overlap, device, base if name == "ig" else None, progress, cancel, name,
+                                          used)
         checks = {"totals": totals}
         if name == "ig" and totals:
             checks["completeness_error"] = completeness_error(totals)
@@ -177,9 +181,9 @@ def explain_volume(
         if sanity and not target.is_empty:
             random_map, _ = explain_tiled(explainer, randomised_copy(net), pre.image, target.class_value, target.region,
                                           card.patch, card.overlap, device, base if name == "ig" else None, progress,
-                                          cancel, f"{name}: randomised model")
+                                          cancel, f"{name}: randomised model", used)
             scores["randomisation_spearman"] = spearman(model_map, random_map)
-        results[name] = MethodResult(name, pre.to_source(model_map, "linear"), model_map, dict(explainer.params()),
-                                     elapsed, checks, scores)
+        results[name] = MethodResult(name, pre.to_source(model_map, "linear"), model_map,
+                                     dict(explainer.params(), precision=used), elapsed, checks, scores)
     seconds["total"] = time.perf_counter() - t0
     return ExplanationResult(segmentation, target, layer, results, seconds, peak_memory(device))

@@ -39,10 +39,12 @@ def choose_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' → CUDA when present, else CPU; 'cuda' without a GPU is a clear error."""
     name = str(name).lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith(("cuda", "gpu")):
         if not torch.cuda.is_available():
             raise SegXAIError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        # every window has the model's patch shape, so cuDNN's per-shape autotuning is paid once and pays after
+        torch.backends.cudnn.benchmark = True
         return torch.device(name.replace("gpu", "cuda"))
     if name == "cpu":
         return torch.device("cpu")

@@ -123,3 +123,36 @@ def test_every_map_has_the_input_geometry_on_an_oblique_volume(tmp_path):
         assert m.map.array.dtype == np.float32 and np.isfinite(m.map.array).all()
     assert result.segmentation.labels.same_geometry(volume)
     assert np.abs(result.methods["ig"].map.array).max() > 0
+
+
+# ---- bf16 autocast (the GPU default) keeps each method's meaning --------------------------------
+def test_bf16_autocast_keeps_ig_complete_and_maps_close_to_fp32():
+    # autocast runs on the CPU too, so the bf16 path the GPU takes by default is checked here
+    net = conv_net()
+    image = np.random.default_rng(2).random((20, 18, 21)).astype(np.float32)
+    region = np.zeros(image.shape, dtype=bool)
+    region[3:17, 2:15, 4:18] = True
+    base = np.zeros_like(image)
+    ig32, t32 = explain_tiled(make_explainer("ig", steps=16), net, image, 1, region, (8, 8, 8), 0.5, baseline=base)
+    ig16, t16 = explain_tiled(make_explainer("ig", steps=16), net, image, 1, region, (8, 8, 8), 0.5, baseline=base,
+                              precision="bf16")
+    assert ig16.dtype == np.float32
+    assert not np.array_equal(ig16, ig32)  # autocast really ran the convolutions in bf16
+    print("IG completeness fp32 / bf16:", completeness_error(t32), completeness_error(t16))
+    assert completeness_error(t16) < 0.005  # F(x), F(x′) in fp32: bf16 gradients still integrate to ΔF
+    assert np.corrcoef(ig16.ravel(), ig32.ravel())[0, 1] > 0.99
+    cam32, _ = explain_tiled(make_explainer("hirescam", layer="3"), net, image, 1, region, (8, 8, 8), 0.5)
+    cam16, _ = explain_tiled(make_explainer("hirescam", layer="3"), net, image, 1, region, (8, 8, 8), 0.5, precision="bf16")
+    assert np.corrcoef(cam16.ravel(), cam32.ravel())[0, 1] > 0.98
+
+
+def test_precision_resolution():
+    from SegXAILib.errors import SegXAIError
+    from SegXAILib.explainers.tiling import resolve_precision
+
+    ig, lrp = make_explainer("ig"), make_explainer("lrp")
+    assert resolve_precision("auto", torch.device("cpu"), ig) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda"), ig) == "bf16"
+    assert resolve_precision("bf16", torch.device("cuda"), lrp) == "fp32"  # LRP's rules need fp32
+    with pytest.raises(SegXAIError, match="unknown precision"):
+        resolve_precision("fp8", torch.device("cpu"), ig)

@@ -9,10 +9,13 @@ over the predicted liver): ``seg_s`` (the whole segmentation pipeline), ``fwd_bw
 backward of the target through the blended sliding windows: the gradient floor), our ``gradcam_s``,
 ``hirescam_s``, ``gradcampp_s``, ``ig_s``, ``lrp_s`` (each with the segmentation given, maps mapped back to
 the input grid), and the peers: captum ``IntegratedGradients`` on the same blended sliding-window output
-(``captum_ig_s``, same steps and baseline, ``internal_batch_size`` tuned), and whole-volume Grad-CAMs as
+(``captum_ig_s``, same steps and baseline; ``internal_batch_size`` picked from 1, 2, 4 by a 4-step trial of
+each outside ``--quick``), and whole-volume Grad-CAMs as
 users run them — captum ``LayerGradCam``, M3d-CAM (``medcam``) and MONAI ``GradCAM``. A peer that cannot
 run (not installed, out of memory, a fixed-size model) is recorded with its error. Peak memory per figure:
-process RSS sampled during the call on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+process RSS sampled during the call on CPU, ``torch.cuda.max_memory_allocated`` on GPU. On GPU our methods
+run under bf16 autocast (the default there) and IG is run once more in fp32 (``ig_fp32_s``) to show what
+bf16 buys and what it costs in completeness error.
 
 One JSON object per (model, volume) on stdout, appended to ``bench/results/<device>.jsonl``; ratios last.
 """
@@ -196,10 +199,17 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
     for method in METHODS:
         out = timed(rec, method, device, lambda m=method: explain_volume(
             volume, model, [m], target="liver", steps=steps, device=device, segmentation=seg))
+        if out is not None:
+            rec[f"{method}_precision"] = out.methods[method].params["precision"]
         if out is not None and method == "ig":
             rec["ig_completeness_error"] = out.methods["ig"].checks.get("completeness_error")
         if out is not None and method == "lrp":
             rec["lrp_conservation_error"] = out.methods["lrp"].checks.get("conservation_error")
+    if device.type == "cuda":  # what bf16 autocast buys IG, and what it costs in completeness
+        out = timed(rec, "ig_fp32", device, lambda: explain_volume(
+            volume, model, ["ig"], target="liver", steps=steps, device=device, segmentation=seg, precision="fp32"))
+        if out is not None:
+            rec["ig_fp32_completeness_error"] = out.methods["ig"].checks.get("completeness_error")
 
     # captum IG on the very same function (blended windows), same steps and baseline
     try:
@@ -212,23 +222,22 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
         r = torch.from_numpy(region)[None].to(device)
         forward = blended_score(net, card, cls, r, device)
         ig = IntegratedGradients(forward)
-        best = None
-        for ibs in ((1, 2, 4) if tune else (2,)):
-            key = f"captum_ig_ibs{ibs}"
-            res = timed(rec, key, device, lambda ibs=ibs: ig.attribute(x, baselines=b, n_steps=steps, internal_batch_size=ibs,
-                                                                       return_convergence_delta=True))
-            if res is not None and (best is None or rec[f"{key}_s"] < rec[f"{best[0]}_s"]):
-                best = (key, res)
-            elif res is None and device.type == "cuda":
-                break
-        if best is None:
-            rec["captum_ig_error"] = next(v for k, v in rec.items() if k.startswith("captum_ig_ibs") and k.endswith("_error"))
-        else:
-            rec["captum_ig_s"], rec["captum_ig_peak_mib"] = rec[f"{best[0]}_s"], rec[f"{best[0]}_peak_mib"]
-            rec["captum_ig_internal_batch_size"] = int(best[0].rsplit("ibs", 1)[1])
+        ibs = 2
+        if tune:  # internal_batch_size picked by a 4-step trial of each (time per step), then one full run
+            trial = {}
+            for candidate in (1, 2, 4):
+                key = f"captum_ig_trial_ibs{candidate}"
+                if timed(rec, key, device, lambda c=candidate: ig.attribute(x, baselines=b, n_steps=4, internal_batch_size=c)) is None:
+                    break  # out of memory: a larger batch will not fit either
+                trial[candidate] = rec[f"{key}_s"]
+            ibs = min(trial, key=trial.get) if trial else 1
+        res = timed(rec, "captum_ig", device, lambda: ig.attribute(x, baselines=b, n_steps=steps, internal_batch_size=ibs,
+                                                                  return_convergence_delta=True))
+        rec["captum_ig_internal_batch_size"] = ibs
+        if res is not None:
             with torch.no_grad():
                 delta_f = float(forward(x) - forward(b))
-            rec["captum_ig_completeness_error"] = abs(float(best[1][1])) / abs(delta_f) if delta_f else None
+            rec["captum_ig_completeness_error"] = abs(float(res[1])) / abs(delta_f) if delta_f else None
         del x, b, r
 
     # whole-volume Grad-CAMs, as the peers are used (no windows; fixed-size models cannot run)

@@ -35,6 +35,8 @@ class Explainer:
 
     name = "explainer"
     uses_layer = False
+    #: whether bf16 autocast keeps the method's meaning (LRP's rules need fp32 to stay conservative)
+    supports_bf16 = True
 
     def attribute(self, network: nn.Module, inputs: torch.Tensor, class_index: int, weights: torch.Tensor,
                   baseline: Optional[torch.Tensor] = None) -> Attribution:
@@ -106,7 +108,8 @@ class LayerCapture:
         if self.output is None:
             raise SegXAIError("the chosen layer was not used in the forward pass; choose another layer")
         (grad,) = torch.autograd.grad(score, self.output, allow_unused=False)
-        return to_grid(self.network, self.output.detach()), to_grid(self.network, grad.detach())
+        # fp32 from here on: under bf16 autocast the layer's output and its gradient are bf16
+        return to_grid(self.network, self.output.detach().float()), to_grid(self.network, grad.detach().float())
 
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:

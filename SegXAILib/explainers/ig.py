@@ -77,7 +77,8 @@ class IntegratedGradients(Explainer):
                 (grad,) = torch.autograd.grad(score, path)
             grad_sum += (grad.reshape(n, b, *inputs.shape[1:]) * sw.view(view)).sum(0)
         attr = (diff * grad_sum)[:, 0]
-        with torch.no_grad():
+        # F(x) and F(x′) in fp32 even under bf16 autocast: completeness is then checked against the true score
+        with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
             ends = target_score(network(torch.cat([inputs, baseline])), class_index, weights.repeat(2, 1, 1, 1))
         totals = {"attribution_sum": float(attr.sum()), "score": float(ends[:b].sum()), "baseline_score": float(ends[b:].sum())}
         return Attribution(attr.detach(), totals)

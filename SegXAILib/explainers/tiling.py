@@ -9,6 +9,8 @@ the whole volume, and a volume done in one window or many gives the same map whe
 Grad-CAM/Grad-CAM++ maps are summed the same way (each window's CAM is scaled by its share of the target).
 Windows without any target voxel are skipped (the empty region gives an all-zero map for free).
 Memory: the output map, G, and the padded image/region/baseline — all on the model grid — plus one window.
+Precision: on CUDA the windows run under bf16 autocast (as segmentation does) for the methods whose meaning
+survives it; inputs, gradients w.r.t. them, CAM arithmetic and every sum stay fp32. LRP always runs fp32.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
+from ..errors import SegXAIError
 from ..inference import CancelToken, ProgressFn, window_starts
 from .base import Explainer
 
@@ -27,6 +30,20 @@ def importance(patch: Sequence[int]) -> np.ndarray:
     """MONAI's Gaussian importance map (σ = 0.125 · patch), clamped away from zero as MONAI does."""
     g = compute_importance_map(tuple(int(p) for p in patch), mode="gaussian", sigma_scale=0.125, device="cpu").float()
     return torch.clamp(g, min=max(float(g.min()), 1e-3)).numpy()
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device, explainer: Explainer) -> str:
+    """'auto' → bf16 on CUDA, fp32 elsewhere; a method that needs fp32 (LRP) gets fp32 whatever was asked."""
+    if precision not in PRECISIONS:
+        raise SegXAIError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if not explainer.supports_bf16:
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
 
 
 def _pad_amounts(shape, patch) -> list:
@@ -51,9 +68,14 @@ def explain_tiled(
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
     stage: str = "explaining",
+    precision: str = "fp32",
 ):
-    """Map (K, J, I) float32 on the model grid and the summed totals, for a target class × region."""
+    """Map (K, J, I) float32 on the model grid and the summed totals, for a target class × region.
+
+    ``precision`` is 'fp32', 'bf16' or 'auto', resolved per method by :func:`resolve_precision`.
+    """
     device = torch.device(device)
+    precision = resolve_precision(precision, device, explainer)
     network.to(device)
     patch = tuple(int(p) for p in patch)
     pads = _pad_amounts(image.shape, patch)
@@ -78,7 +100,8 @@ def explain_tiled(
             x = torch.from_numpy(np.ascontiguousarray(padded[win]))[None, None].to(device)
             w = torch.from_numpy(weights)[None].to(device)
             b = torch.from_numpy(np.ascontiguousarray(base[win]))[None, None].to(device) if base is not None else None
-            result = explainer.attribute(network, x, class_index, w, b)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                result = explainer.attribute(network, x, class_index, w, b)
             out[win] += result.maps[0].detach().float().cpu().numpy()
             for key, value in result.totals.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
