@@ -147,6 +147,8 @@ def cmd_train(args) -> int:
         raise SegXAIError(f"--threads must be at least 1, got {args.threads}")
     if args.steps is not None:
         cfg.train["steps"] = args.steps
+    if args.precision:
+        cfg.train["precision"] = args.precision
     if args.validation is not None:
         cfg.validation = [v for v in args.validation.split(",") if v]
     validate_config(cfg)
@@ -180,6 +182,8 @@ def cmd_crossval(args) -> int:
     if not args.config:
         raise SegXAIError("give --config CONFIG.json (or --table to print the folds already run)")
     cfg = load_config(args.config, args.data_root, cases_file=args.cases)
+    if args.precision:
+        cfg.train["precision"] = args.precision
     folds = make_folds(cfg, args.scheme)
     if args.fold:
         wanted = args.fold.split(",")
@@ -262,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name (default: the output folder's name)")
     p.add_argument("--steps", type=int, help="training steps (overrides the config)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="overrides the config: auto = bf16 autocast on a GPU or a CPU with AMX/AVX512-BF16")
     p.add_argument("-o", "--output", required=True, help="model folder to write")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
@@ -275,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", help="comma-separated fold names to run (default: all; run two processes for two cores)")
     p.add_argument("--steps", type=int, help="training steps per fold (overrides the config)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="training precision, overrides the config")
     p.add_argument("-o", "--output", required=True, help="folder for <fold>/model and <fold>/evaluation.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--table", action="store_true", help="print the Markdown table of the folds already run under -o (and --more)")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SegXAIError
-from .inference import CancelToken, sliding_window_logits
+from .inference import CancelToken, fast_bf16, sliding_window_logits
 from .models.card import ClassInfo, ModelCard
 from .models.store import build_network, save_model
 from .preprocessing import Preprocessing, labels_on_grid
@@ -41,6 +41,8 @@ DEFAULT_TRAIN = {
     "weight_decay": 1e-5,
     "seed": 0,
     "foreground_fraction": 0.7,
+    # bf16 autocast where it is fast (GPU; CPU with AMX / AVX512-BF16: 2.6× per step), fp32 elsewhere; the loss is fp32
+    "precision": "auto",
     "augment": {
         "rotate_deg": [15, 10, 10],
         "scale": 0.15,
@@ -436,6 +438,8 @@ def train(
     steps = int(t["steps"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=steps, pct_start=0.05)
     augment = Augmenter(t["augment"], seed)
+    bf16 = autocast_bf16(t.get("precision", "auto"), device)
+    log(f"training in {'bf16 autocast' if bf16 else 'fp32'} on {device}")
     gmax = max(c.membership.shape[0] for c in train_cases)
     history = []
     out_dir = Path(out_dir)
@@ -453,7 +457,9 @@ def train(
             imgs.append(img), grps.append(grp), mems.append(m), ngs.append(case.membership.shape[0])
         x = torch.from_numpy(np.stack(imgs))[:, None].to(device)
         y = torch.from_numpy(np.stack(grps)).long().to(device)
-        loss = marginal_dice_ce(network(x), y, torch.from_numpy(np.stack(mems)).to(device), torch.tensor(ngs, device=device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = network(x)
+        loss = marginal_dice_ce(logits, y, torch.from_numpy(np.stack(mems)).to(device), torch.tensor(ngs, device=device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -475,12 +481,20 @@ def train(
     return card
 
 
+def autocast_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: 'bf16', 'fp32', or 'auto' (bf16 where it is fast)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise SegXAIError(f"unknown training precision {precision!r}; use auto, fp32 or bf16")
+    return precision == "bf16" or (precision == "auto" and fast_bf16(device))
+
+
 def _with_training(card: ModelCard, cfg: TrainConfig, history, started, device, command, final) -> ModelCard:
     card.training = {
         "config": cfg.source,
         "command": command,
         "seed": cfg.train["seed"],
         "device": str(device),
+        "precision": "bf16 autocast" if autocast_bf16(cfg.train.get("precision", "auto"), device) else "fp32",
         "torch_threads": torch.get_num_threads(),
         "minutes": round((time.time() - started) / 60, 1),
         "finished": final,

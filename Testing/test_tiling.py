@@ -146,13 +146,30 @@ def test_bf16_autocast_keeps_ig_complete_and_maps_close_to_fp32():
     assert np.corrcoef(cam16.ravel(), cam32.ravel())[0, 1] > 0.98
 
 
-def test_precision_resolution():
+def test_precision_resolution(monkeypatch):
     from SegXAILib.errors import SegXAIError
-    from SegXAILib.explainers.tiling import resolve_precision
+    from SegXAILib.explainers import tiling
 
     ig, lrp = make_explainer("ig"), make_explainer("lrp")
-    assert resolve_precision("auto", torch.device("cpu"), ig) == "fp32"
-    assert resolve_precision("auto", torch.device("cuda"), ig) == "bf16"
-    assert resolve_precision("bf16", torch.device("cuda"), lrp) == "fp32"  # LRP's rules need fp32
+    monkeypatch.setattr(tiling, "fast_bf16", lambda device: device.type == "cuda")  # a GPU box with an old CPU
+    assert tiling.resolve_precision("auto", torch.device("cpu"), ig) == "fp32"
+    assert tiling.resolve_precision("auto", torch.device("cuda"), ig) == "bf16"
+    assert tiling.resolve_precision("fp32", torch.device("cuda"), ig) == "fp32"
+    assert tiling.resolve_precision("bf16", torch.device("cuda"), lrp) == "fp32"  # LRP's rules need fp32
     with pytest.raises(SegXAIError, match="unknown precision"):
-        resolve_precision("fp8", torch.device("cpu"), ig)
+        tiling.resolve_precision("fp8", torch.device("cpu"), ig)
+
+
+@pytest.mark.parametrize("flags,expected", [("fpu avx2 avx512f amx_bf16 amx_tile", True), ("fpu avx2 avx512_bf16", True),
+                                            ("fpu avx2 avx512f avx512bw", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, expected):
+    import builtins
+
+    from SegXAILib import inference
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert inference.cpu_has_native_bf16() is expected
+    assert inference.fast_bf16(torch.device("cpu")) is expected

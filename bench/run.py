@@ -123,18 +123,20 @@ def bench_volume(name: str, spec, source):
 
 
 # ---- the floor and the peers ------------------------------------------------------------------------
-class _Gradient:
+def _gradient_explainer():
     """An explainer that only takes the input gradient of the target: one forward + backward per window."""
+    from SegXAILib.explainers.base import Attribution, Explainer, target_score
 
-    name, uses_layer = "gradient", False
+    class Gradient(Explainer):
+        name = "gradient"
 
-    def attribute(self, network, inputs, class_index, weights, baseline=None):
-        from SegXAILib.explainers.base import Attribution, target_score
+        def attribute(self, network, inputs, class_index, weights, baseline=None):
+            x = inputs.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(target_score(network(x), class_index, weights).sum(), x)
+            return Attribution(g[:, 0], {})
 
-        x = inputs.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(target_score(network(x), class_index, weights).sum(), x)
-        return Attribution(g[:, 0], {})
+    return Gradient()
 
 
 def blended_score(network, card, class_index: int, region: torch.Tensor, device):
@@ -170,7 +172,7 @@ class _RegionScore(torch.nn.Module):
 def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune: bool) -> dict:
     from SegXAILib.explainers import default_layer
     from SegXAILib.explainers.ig import make_baseline
-    from SegXAILib.explainers.tiling import explain_tiled
+    from SegXAILib.explainers.tiling import explain_tiled, resolve_precision
     from SegXAILib.explaining import explain_volume
     from SegXAILib.models.store import load_model
     from SegXAILib.pipeline import segment
@@ -195,7 +197,11 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
     layer = default_layer(card.architecture, net)
     rec["layer"] = layer
 
-    timed(rec, "fwd_bwd", device, lambda: explain_tiled(_Gradient(), net, pre.image, cls, region, card.patch, card.overlap, device))
+    # the floor in the precision our explainers use here ('auto': bf16 on a GPU or a CPU with AMX / AVX512-BF16)
+    floor = _gradient_explainer()
+    rec["fwd_bwd_precision"] = resolve_precision("auto", device, floor)
+    timed(rec, "fwd_bwd", device, lambda: explain_tiled(floor, net, pre.image, cls, region, card.patch, card.overlap, device,
+                                                        precision="auto"))
     for method in METHODS:
         out = timed(rec, method, device, lambda m=method: explain_volume(
             volume, model, [m], target="liver", steps=steps, device=device, segmentation=seg))
@@ -205,7 +211,7 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
             rec["ig_completeness_error"] = out.methods["ig"].checks.get("completeness_error")
         if out is not None and method == "lrp":
             rec["lrp_conservation_error"] = out.methods["lrp"].checks.get("conservation_error")
-    if device.type == "cuda":  # what bf16 autocast buys IG, and what it costs in completeness
+    if rec.get("ig_precision") == "bf16":  # what bf16 autocast buys IG, and what it costs in completeness
         out = timed(rec, "ig_fp32", device, lambda: explain_volume(
             volume, model, ["ig"], target="liver", steps=steps, device=device, segmentation=seg, precision="fp32"))
         if out is not None:
@@ -238,6 +244,13 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
             with torch.no_grad():
                 delta_f = float(forward(x) - forward(b))
             rec["captum_ig_completeness_error"] = abs(float(res[1])) / abs(delta_f) if delta_f else None
+        if rec.get("ig_precision") == "bf16":  # the same precision for captum: its IG under bf16 autocast
+            def captum_bf16():
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    return ig.attribute(x, baselines=b, n_steps=steps, internal_batch_size=ibs, return_convergence_delta=True)
+            res = timed(rec, "captum_ig_bf16", device, captum_bf16)
+            if res is not None and delta_f:
+                rec["captum_ig_bf16_completeness_error"] = abs(float(res[1])) / abs(delta_f)
         del x, b, r
 
     # whole-volume Grad-CAMs, as the peers are used (no windows; fixed-size models cannot run)
@@ -290,6 +303,8 @@ def ratios(rec: dict) -> None:
         r["ig_over_steps_times_floor"] = rec["ig_s"] / (rec["ig_steps"] * rec["fwd_bwd_s"])
     if "ig_s" in rec and "captum_ig_s" in rec:
         r["captum_ig_over_ig"] = rec["captum_ig_s"] / rec["ig_s"]
+    if "ig_s" in rec and "captum_ig_bf16_s" in rec:
+        r["captum_ig_bf16_over_ig"] = rec["captum_ig_bf16_s"] / rec["ig_s"]
     for peer in ("captum_layergradcam", "monai_gradcam", "medcam_gradcam"):
         if f"{peer}_s" in rec and "gradcam_s" in rec:
             r[f"{peer}_over_gradcam"] = rec[f"{peer}_s"] / rec["gradcam_s"]
