@@ -133,8 +133,8 @@ def explain_volume(
 
     Every returned map has the input's exact geometry. ``quality`` adds energy-inside, pointing game and
     deletion/insertion curves (costly: 2·(curve_steps+1) sliding-window passes per method); ``sanity`` adds
-    the model-randomisation check (one more explanation per method). ``precision`` 'auto' runs the gradient
-    methods under bf16 autocast on CUDA and everything else in fp32 (see ``explainers.tiling``).
+    the model-randomisation check (one more explanation per method). ``precision`` 'auto' runs the CAMs under
+    bf16 autocast where bf16 is fast and everything else in fp32 (see ``explainers.tiling.resolve_precision``).
     """
     methods = parse_methods(methods)
     device = choose_device(device)

@@ -152,9 +152,12 @@ def test_precision_resolution(monkeypatch):
 
     ig, lrp = make_explainer("ig"), make_explainer("lrp")
     monkeypatch.setattr(tiling, "fast_bf16", lambda device: device.type == "cuda")  # a GPU box with an old CPU
-    assert tiling.resolve_precision("auto", torch.device("cpu"), ig) == "fp32"
-    assert tiling.resolve_precision("auto", torch.device("cuda"), ig) == "bf16"
-    assert tiling.resolve_precision("fp32", torch.device("cuda"), ig) == "fp32"
+    cam = make_explainer("gradcam", layer="1")
+    assert tiling.resolve_precision("auto", torch.device("cpu"), cam) == "fp32"
+    assert tiling.resolve_precision("auto", torch.device("cuda"), cam) == "bf16"
+    assert tiling.resolve_precision("fp32", torch.device("cuda"), cam) == "fp32"
+    assert tiling.resolve_precision("auto", torch.device("cuda"), ig) == "fp32"  # IG: bf16 only when asked for
+    assert tiling.resolve_precision("bf16", torch.device("cuda"), ig) == "bf16"
     assert tiling.resolve_precision("bf16", torch.device("cuda"), lrp) == "fp32"  # LRP's rules need fp32
     with pytest.raises(SegXAIError, match="unknown precision"):
         tiling.resolve_precision("fp8", torch.device("cpu"), ig)

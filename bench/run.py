@@ -13,8 +13,9 @@ the input grid), and the peers: captum ``IntegratedGradients`` on the same blend
 each outside ``--quick``), and whole-volume Grad-CAMs as
 users run them — captum ``LayerGradCam``, M3d-CAM (``medcam``) and MONAI ``GradCAM``. A peer that cannot
 run (not installed, out of memory, a fixed-size model) is recorded with its error. Peak memory per figure:
-process RSS sampled during the call on CPU, ``torch.cuda.max_memory_allocated`` on GPU. On GPU our methods
-run under bf16 autocast (the default there) and IG is run once more in fp32 (``ig_fp32_s``) to show what
+process RSS sampled during the call on CPU, ``torch.cuda.max_memory_allocated`` on GPU. Where bf16 is fast (a GPU,
+a CPU with AMX / AVX512-BF16) the CAMs run under bf16 autocast (their default there), and the floor, our IG
+and captum's IG are also run in bf16 (``fwd_bwd_bf16_s``, ``ig_bf16_s``, ``captum_ig_bf16_s``) to show what
 bf16 buys and what it costs in completeness error.
 
 One JSON object per (model, volume) on stdout, appended to ``bench/results/<device>.jsonl``; ratios last.
@@ -169,10 +170,11 @@ class _RegionScore(torch.nn.Module):
 
 
 # ---- one (model, volume) ----------------------------------------------------------------------------
-def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune: bool) -> dict:
+def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune: bool, methods=METHODS) -> dict:
     from SegXAILib.explainers import default_layer
     from SegXAILib.explainers.ig import make_baseline
-    from SegXAILib.explainers.tiling import explain_tiled, resolve_precision
+    from SegXAILib.explainers.tiling import explain_tiled
+    from SegXAILib.inference import fast_bf16
     from SegXAILib.explaining import explain_volume
     from SegXAILib.models.store import load_model
     from SegXAILib.pipeline import segment
@@ -197,25 +199,23 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
     layer = default_layer(card.architecture, net)
     rec["layer"] = layer
 
-    # the floor in the precision our explainers use here ('auto': bf16 on a GPU or a CPU with AMX / AVX512-BF16)
-    floor = _gradient_explainer()
-    rec["fwd_bwd_precision"] = resolve_precision("auto", device, floor)
-    timed(rec, "fwd_bwd", device, lambda: explain_tiled(floor, net, pre.image, cls, region, card.patch, card.overlap, device,
-                                                        precision="auto"))
-    for method in METHODS:
-        out = timed(rec, method, device, lambda m=method: explain_volume(
-            volume, model, [m], target="liver", steps=steps, device=device, segmentation=seg))
-        if out is not None:
-            rec[f"{method}_precision"] = out.methods[method].params["precision"]
-        if out is not None and method == "ig":
-            rec["ig_completeness_error"] = out.methods["ig"].checks.get("completeness_error")
-        if out is not None and method == "lrp":
+    # the floor: one forward + backward through the windows, in fp32 and, where bf16 is fast, in bf16 (the CAMs'
+    # default there; IG's with --precision bf16)
+    bf16 = fast_bf16(device)
+    for suffix, precision in [("", "fp32")] + ([("_bf16", "bf16")] if bf16 else []):
+        timed(rec, f"fwd_bwd{suffix}", device, lambda p=precision: explain_tiled(
+            _gradient_explainer(), net, pre.image, cls, region, card.patch, card.overlap, device, precision=p))
+    runs = [(m, m, "auto") for m in methods] + ([("ig_bf16", "ig", "bf16")] if bf16 and "ig" in methods else [])
+    for key, method, precision in runs:
+        out = timed(rec, key, device, lambda m=method, p=precision: explain_volume(
+            volume, model, [m], target="liver", steps=steps, device=device, segmentation=seg, precision=p))
+        if out is None:
+            continue
+        rec[f"{key}_precision"] = out.methods[method].params["precision"]
+        if method == "ig":
+            rec[f"{key}_completeness_error"] = out.methods["ig"].checks.get("completeness_error")
+        if method == "lrp":
             rec["lrp_conservation_error"] = out.methods["lrp"].checks.get("conservation_error")
-    if rec.get("ig_precision") == "bf16":  # what bf16 autocast buys IG, and what it costs in completeness
-        out = timed(rec, "ig_fp32", device, lambda: explain_volume(
-            volume, model, ["ig"], target="liver", steps=steps, device=device, segmentation=seg, precision="fp32"))
-        if out is not None:
-            rec["ig_fp32_completeness_error"] = out.methods["ig"].checks.get("completeness_error")
 
     # captum IG on the very same function (blended windows), same steps and baseline
     try:
@@ -244,7 +244,7 @@ def run_case(model_name: str, volume_name: str, volume, device, steps: int, tune
             with torch.no_grad():
                 delta_f = float(forward(x) - forward(b))
             rec["captum_ig_completeness_error"] = abs(float(res[1])) / abs(delta_f) if delta_f else None
-        if rec.get("ig_precision") == "bf16":  # the same precision for captum: its IG under bf16 autocast
+        if "ig_bf16_s" in rec:  # the same precision for captum: its IG under bf16 autocast
             def captum_bf16():
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     return ig.attribute(x, baselines=b, n_steps=steps, internal_batch_size=ibs, return_convergence_delta=True)
@@ -296,15 +296,18 @@ def _one_class(out, cls, region):
 def ratios(rec: dict) -> None:
     """What the targets compare: Grad-CAM against its floor, IG against captum, Grad-CAM against the peers."""
     r = {}
-    if "seg_s" in rec and "fwd_bwd_s" in rec and "gradcam_s" in rec:
-        r["segment_plus_gradcam_over_floor"] = (rec["seg_s"] + rec["gradcam_s"]) / (rec["seg_s"] + rec["fwd_bwd_s"])
+    floor = {"fp32": rec.get("fwd_bwd_s"), "bf16": rec.get("fwd_bwd_bf16_s")}  # each method against its precision's floor
+    cam_floor = floor.get(rec.get("gradcam_precision", "fp32"))
+    if "seg_s" in rec and cam_floor and "gradcam_s" in rec:
+        r["segment_plus_gradcam_over_floor"] = (rec["seg_s"] + rec["gradcam_s"]) / (rec["seg_s"] + cam_floor)
         r["segment_plus_gradcam_s"] = rec["seg_s"] + rec["gradcam_s"]
-    if "ig_s" in rec and "fwd_bwd_s" in rec:
-        r["ig_over_steps_times_floor"] = rec["ig_s"] / (rec["ig_steps"] * rec["fwd_bwd_s"])
+    for key, precision in (("ig", rec.get("ig_precision", "fp32")), ("ig_bf16", "bf16")):
+        if f"{key}_s" in rec and floor.get(precision):
+            r[f"{key}_over_steps_times_floor"] = rec[f"{key}_s"] / (rec["ig_steps"] * floor[precision])
     if "ig_s" in rec and "captum_ig_s" in rec:
         r["captum_ig_over_ig"] = rec["captum_ig_s"] / rec["ig_s"]
-    if "ig_s" in rec and "captum_ig_bf16_s" in rec:
-        r["captum_ig_bf16_over_ig"] = rec["captum_ig_bf16_s"] / rec["ig_s"]
+    if "ig_bf16_s" in rec and "captum_ig_bf16_s" in rec:
+        r["captum_ig_bf16_over_ig_bf16"] = rec["captum_ig_bf16_s"] / rec["ig_bf16_s"]
     for peer in ("captum_layergradcam", "monai_gradcam", "medcam_gradcam"):
         if f"{peer}_s" in rec and "gradcam_s" in rec:
             r[f"{peer}_over_gradcam"] = rec[f"{peer}_s"] / rec["gradcam_s"]
@@ -321,6 +324,7 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="comma-separated bundled models (default: all)")
     parser.add_argument("--sizes", default=None, help="comma-separated volume names to run (e.g. sample,128^3)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the team's data (for the larger volumes)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="our methods to time (default: all)")
     parser.add_argument("--no-save", action="store_true", help="do not append to bench/results/")
     args = parser.parse_args()
     import warnings
@@ -351,7 +355,8 @@ def main() -> None:
         source = sample if spec is None or not larger.exists() else larger
         volume = bench_volume(volume_name, spec, source)
         for name in names:
-            rec = dict(run_case(name, volume_name, volume, device, steps, tune=not args.quick), **machine)
+            rec = dict(run_case(name, volume_name, volume, device, steps, tune=not args.quick,
+                                methods=[m for m in args.methods.split(",") if m in METHODS]), **machine)
             line = json.dumps(rec)
             print(line, flush=True)
             print("  ratios:", json.dumps(rec.get("ratios", {})), file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ METHODS = ("gradcam", "hirescam", "gradcampp", "ig", "lrp")
 
 
 def make_explainer(name: str, layer: str = "", steps: int = 32, baseline: str = "blur", lrp_rule: str = "epsilon",
-                   alpha_batch: int = 4) -> Explainer:
+                   alpha_batch: int | None = None) -> Explainer:
     """The explainer called ``name`` with its parameters (``layer`` for the CAMs, ``steps``/``baseline`` for IG)."""
     name = name.strip().lower()
     if name == "gradcam":

@@ -35,8 +35,8 @@ class Explainer:
 
     name = "explainer"
     uses_layer = False
-    #: whether bf16 autocast keeps the method's meaning (LRP's rules need fp32 to stay conservative)
-    supports_bf16 = True
+    #: bf16 autocast: "auto" (used where bf16 is fast), "opt-in" (only when asked for), "never" (always fp32)
+    bf16 = "auto"
 
     def attribute(self, network: nn.Module, inputs: torch.Tensor, class_index: int, weights: torch.Tensor,
                   baseline: Optional[torch.Tensor] = None) -> Attribution:

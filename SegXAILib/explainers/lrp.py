@@ -176,7 +176,7 @@ class LRP(Explainer):
     """LRP with the ε rule (default) or the αβ rule (α − β = 1) on convolutions; ε on norms."""
 
     name = "lrp"
-    supports_bf16 = False
+    bf16 = "never"  # the rules' stabilised divisions and conservation need fp32
 
     def __init__(self, rule: str = "epsilon", epsilon: float = 1e-6, alpha: float = 1.0, beta: float = 0.0) -> None:
         if rule not in RULES:

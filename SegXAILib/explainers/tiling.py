@@ -9,8 +9,8 @@ the whole volume, and a volume done in one window or many gives the same map whe
 Grad-CAM/Grad-CAM++ maps are summed the same way (each window's CAM is scaled by its share of the target).
 Windows without any target voxel are skipped (the empty region gives an all-zero map for free).
 Memory: the output map, G, and the padded image/region/baseline — all on the model grid — plus one window.
-Precision: where bf16 is fast (a GPU, or a CPU with AMX / AVX512-BF16) the windows run under bf16 autocast
-for the methods whose meaning survives it; inputs, gradients w.r.t. them, CAM arithmetic and every sum stay fp32. LRP always runs fp32.
+Precision: where bf16 is fast (a GPU, or a CPU with AMX / AVX512-BF16) the CAMs' windows run under bf16
+autocast by default, IG's only when asked for (its completeness degrades), LRP's never; inputs, gradients w.r.t. them, CAM arithmetic and every sum stay fp32. LRP always runs fp32.
 """
 from __future__ import annotations
 
@@ -36,14 +36,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(precision: str, device: torch.device, explainer: Explainer) -> str:
-    """'auto' → bf16 where it is fast (a GPU, or a CPU with AMX / AVX512-BF16), fp32 elsewhere; a method that
-    needs fp32 (LRP) gets fp32 whatever was asked."""
+    """The precision a method runs in. 'auto' → bf16 where it is fast (a GPU, or a CPU with AMX /
+    AVX512-BF16) for the methods that allow it by default (the CAMs), fp32 otherwise; 'bf16' is honoured
+    except by methods that need fp32 (LRP)."""
     if precision not in PRECISIONS:
         raise SegXAIError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if not getattr(explainer, "supports_bf16", True):
+    policy = getattr(explainer, "bf16", "auto")
+    if policy == "never":
         return "fp32"
     if precision == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
+        return "bf16" if policy == "auto" and fast_bf16(device) else "fp32"
     return precision
 
 
