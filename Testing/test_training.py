@@ -94,6 +94,21 @@ def test_a_short_real_training_run_writes_a_loadable_model(tmp_path, data_dir):
     assert (tmp_path / "model" / "checkpoint" / "model.safetensors").exists()
 
 
+def test_bf16_training_learns_like_fp32_and_says_so_in_the_card(tmp_path, data_dir):
+    # autocast runs on any CPU (emulated where bf16 is not native), so the path GPUs and AMX CPUs take is tested
+    cfg = load_config(_config(tmp_path, data_dir, steps=8))
+    cfg.validation = []
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg.train["precision"] = precision
+        card = train(cfg, tmp_path / precision, torch.device("cpu"), log=lambda s: None)
+        losses[precision] = card.training["history"][-1]["loss"]
+        assert card.training["precision"] == ("bf16 autocast" if precision == "bf16" else "fp32")
+    print("mean loss over 8 steps, fp32 / bf16:", losses)
+    assert losses["bf16"] != losses["fp32"]  # the network really ran in bf16
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]  # same data, seed and steps: same learning
+
+
 def test_config_errors_are_clear(tmp_path, data_dir):
     path = _config(tmp_path, data_dir, 1)
     cfg = json.loads(path.read_text())
@@ -105,4 +120,9 @@ def test_config_errors_are_clear(tmp_path, data_dir):
     cfg["cases"][0]["image"] = "nowhere.nii.gz"
     path.write_text(json.dumps(cfg))
     with pytest.raises(SegXAIError, match="does not exist"):
+        load_config(path)
+    cfg["cases"][0]["image"] = "totalseg_example/ct.nii.gz"
+    cfg["train"]["precision"] = "fp8"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(SegXAIError, match="unknown training precision 'fp8'"):
         load_config(path)

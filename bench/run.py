@@ -54,13 +54,27 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that earlier figures freed back to the OS (glibc keeps it otherwise), so that each CPU
+    figure's peak RSS is its own and not the high-water mark of whatever ran before it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: peaks may carry over, as the docstring of Measure says
+        pass
+
+
 class Measure:
-    """Wall time and peak memory of a block: sampled RSS on CPU, max allocated on CUDA."""
+    """Wall time and peak memory of a block: sampled RSS on CPU (after releasing freed memory; it still counts
+    the model and volume already loaded), max allocated on CUDA."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
     def __enter__(self):
+        if self.device.type == "cpu":
+            _release_freed_memory()
         self.peak, self._stop = _rss_mib(), threading.Event()
         if self.device.type == "cuda":
             torch.cuda.synchronize()

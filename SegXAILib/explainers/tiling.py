@@ -10,7 +10,8 @@ Grad-CAM/Grad-CAM++ maps are summed the same way (each window's CAM is scaled by
 Windows without any target voxel are skipped (the empty region gives an all-zero map for free).
 Memory: the output map, G, and the padded image/region/baseline — all on the model grid — plus one window.
 Precision: where bf16 is fast (a GPU, or a CPU with AMX / AVX512-BF16) the CAMs' windows run under bf16
-autocast by default, IG's only when asked for (its completeness degrades), LRP's never; inputs, gradients w.r.t. them, CAM arithmetic and every sum stay fp32. LRP always runs fp32.
+autocast by default, IG's only when asked for (its completeness degrades), LRP's never. Inputs, gradients
+w.r.t. them, CAM arithmetic and every sum stay fp32.
 """
 from __future__ import annotations
 
