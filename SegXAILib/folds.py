@@ -115,6 +115,7 @@ def run_fold(cfg: TrainConfig, fold: Fold, out_dir: str | Path, device, steps: i
         "steps": sub.train["steps"],
         "training_minutes": model.card.training.get("minutes"),
         "device": model.card.training.get("device"),
+        "precision": model.card.training.get("precision", "fp32"),
         "seconds": round(time.time() - started, 1),
         "results": results,
     }
@@ -140,20 +141,21 @@ def _cell(value, digits: int = 3) -> str:
 
 
 def markdown_table(records: list, no_volume: tuple = ()) -> str:
-    """One row per (scheme, fold, test case, class), one column group per model, in the order given."""
+    """One row per (scheme, fold, training steps, test case, class), one column group per model, in the order given."""
     models = list(dict.fromkeys(r["model"] for r in records))
     index: dict = {}
     for r in records:
         for res in r["results"]:
             for cls, m in res["classes"].items():
-                index.setdefault((r["scheme"], r["fold"], res["case"], res.get("patient", ""), cls), {})[r["model"]] = (m, r)
-    head = ["scheme", "fold (trained on)", "test patient", "class"]
+                key = (r["scheme"], r["fold"], r["steps"], res["case"], res.get("patient", ""), cls)
+                index.setdefault(key, {})[r["model"]] = (m, r)
+    head = ["scheme", "fold (trained on)", "steps", "test patient", "class"]
     for name in models:
         head += [f"{name} Dice", "IoU", "sens", "prec", "HD95 mm", "vol err mL"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (scheme, fold, case, patient, cls), per_model in index.items():
+    for (scheme, fold, steps, case, patient, cls), per_model in index.items():
         trained = next(iter(per_model.values()))[1]["train"]
-        row = [scheme, f"{fold} ({', '.join(trained)})", f"{patient} ({case})" if patient else case, cls]
+        row = [scheme, f"{fold} ({', '.join(trained)})", str(steps), f"{patient} ({case})" if patient else case, cls]
         for name in models:
             if name not in per_model:
                 row += ["–"] * 6
@@ -178,6 +180,7 @@ def attach_to_card(records: list, card_path: str | Path) -> int:
                 "it never saw; fold models are not the bundled weights (see steps)",
         "folds": [{"fold": r["fold"], "scheme": r["scheme"], "train": r["train"], "test": r["test"], "steps": r["steps"],
                    "training_minutes": r["training_minutes"], "device": r["device"],
+                   "precision": r.get("precision", "fp32"),
                    "results": {res["case"]: {cls: {k: m[k] for k in keep if k in m} for cls, m in res["classes"].items()}
                                for res in r["results"]}} for r in mine],
     }

@@ -82,7 +82,7 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     run_fold(cfg, fold, tmp_path / "cv", torch.device("cpu"), log=logs.append)
     assert any("using the finished model" in line for line in logs)
     table = markdown_table(collect([tmp_path / "cv"]), no_volume=("B",))
-    assert "| cross-dataset | from-ircad (C) | A (A) | liver+liver tumor | " + f"{dice:.3f}" in table
+    assert "| cross-dataset | from-ircad (C) | 2 | A (A) | liver+liver tumor | " + f"{dice:.3f}" in table
     assert table.splitlines()[-1].endswith("| n/a |")  # B's volume error withheld
     from SegXAILib.folds import attach_to_card
 
@@ -91,6 +91,7 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     assert attach_to_card(collect([tmp_path / "cv"]), card_path) == 1
     written = json.loads(card_path.read_text())["metrics"]
     assert "held_out" in written and written["crossval"]["folds"][0]["results"]["A"]["liver+liver tumor"]["dice"] == dice
+    assert written["crossval"]["folds"][0]["precision"] in ("fp32", "bf16 autocast")
     card_path.write_text(json.dumps({"name": "other"}))
     with pytest.raises(SegXAIError, match="no fold"):
         attach_to_card(collect([tmp_path / "cv"]), card_path)
