@@ -125,7 +125,7 @@ def test_every_map_has_the_input_geometry_on_an_oblique_volume(tmp_path):
     assert np.abs(result.methods["ig"].map.array).max() > 0
 
 
-# ---- bf16 autocast (the GPU default) keeps each method's meaning --------------------------------
+# ---- bf16 autocast (the CAMs' default where bf16 is fast; IG's on request) ---------------------------
 def test_bf16_autocast_keeps_ig_complete_and_maps_close_to_fp32():
     # autocast runs on the CPU too, so the bf16 path the GPU takes by default is checked here
     net = conv_net()
@@ -139,7 +139,9 @@ def test_bf16_autocast_keeps_ig_complete_and_maps_close_to_fp32():
     assert ig16.dtype == np.float32
     assert not np.array_equal(ig16, ig32)  # autocast really ran the convolutions in bf16
     print("IG completeness fp32 / bf16:", completeness_error(t32), completeness_error(t16))
-    assert completeness_error(t16) < 0.005  # F(x), F(x′) in fp32: bf16 gradients still integrate to ΔF
+    # F(x), F(x′) stay fp32, so the error measures bf16's cost: small on this net, 0.5-2.3 % on the bundled
+    # models (BENCHMARKS.md), which is why IG is bf16 only on request
+    assert completeness_error(t16) < 0.005
     assert np.corrcoef(ig16.ravel(), ig32.ravel())[0, 1] > 0.99
     cam32, _ = explain_tiled(make_explainer("hirescam", layer="3"), net, image, 1, region, (8, 8, 8), 0.5)
     cam16, _ = explain_tiled(make_explainer("hirescam", layer="3"), net, image, 1, region, (8, 8, 8), 0.5, precision="bf16")
