@@ -2,6 +2,7 @@
 cancel, and a fallback that never lets CUDA running out of memory crash the run."""
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
@@ -52,8 +53,10 @@ def choose_device(name: str | torch.device = "auto") -> torch.device:
 
 
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 in hardware (Intel AMX or AVX512-BF16), read from /proc/cpuinfo.
 
@@ -73,6 +76,13 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def wants_bf16(precision: str, device: torch.device, what: str = "precision") -> bool:
+    """Whether to run under bf16 autocast: 'bf16', 'fp32', or 'auto' (bf16 where it is fast on ``device``)."""
+    if precision not in PRECISIONS:
+        raise SegXAIError(f"unknown {what} {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and fast_bf16(device))
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list:

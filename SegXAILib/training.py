@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SegXAIError
-from .inference import CancelToken, fast_bf16, sliding_window_logits
+from .inference import CancelToken, sliding_window_logits, wants_bf16
 from .models.card import ClassInfo, ModelCard
 from .models.store import build_network, save_model
 from .preprocessing import Preprocessing, labels_on_grid
@@ -227,7 +227,7 @@ def validate_config(cfg: TrainConfig) -> None:
     steps = cfg.train.get("steps")
     if not isinstance(steps, int) or steps < 1:
         raise SegXAIError(f"training steps must be a positive whole number, got {steps!r}")
-    autocast_bf16(cfg.train.get("precision", "auto"), torch.device("cpu"))  # a wrong precision fails before any work
+    wants_bf16(cfg.train.get("precision", "auto"), torch.device("cpu"), "training precision")  # fails before any work
     for case in cfg.cases:
         for value, names in case.groups.items():
             unknown = [n for n in names if n not in known]
@@ -440,7 +440,7 @@ def train(
     steps = int(t["steps"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=steps, pct_start=0.05)
     augment = Augmenter(t["augment"], seed)
-    bf16 = autocast_bf16(t.get("precision", "auto"), device)
+    bf16 = wants_bf16(t.get("precision", "auto"), device, "training precision")
     log(f"training in {'bf16 autocast' if bf16 else 'fp32'} on {device}")
     gmax = max(c.membership.shape[0] for c in train_cases)
     history = []
@@ -483,20 +483,13 @@ def train(
     return card
 
 
-def autocast_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training runs under bf16 autocast: 'bf16', 'fp32', or 'auto' (bf16 where it is fast)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise SegXAIError(f"unknown training precision {precision!r}; use auto, fp32 or bf16")
-    return precision == "bf16" or (precision == "auto" and fast_bf16(device))
-
-
 def _with_training(card: ModelCard, cfg: TrainConfig, history, started, device, command, final) -> ModelCard:
     card.training = {
         "config": cfg.source,
         "command": command,
         "seed": cfg.train["seed"],
         "device": str(device),
-        "precision": "bf16 autocast" if autocast_bf16(cfg.train.get("precision", "auto"), device) else "fp32",
+        "precision": "bf16 autocast" if wants_bf16(cfg.train.get("precision", "auto"), device) else "fp32",
         "torch_threads": torch.get_num_threads(),
         "minutes": round((time.time() - started) / 60, 1),
         "finished": final,

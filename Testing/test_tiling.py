@@ -153,7 +153,9 @@ def test_precision_resolution(monkeypatch):
     from SegXAILib.explainers import tiling
 
     ig, lrp = make_explainer("ig"), make_explainer("lrp")
-    monkeypatch.setattr(tiling, "fast_bf16", lambda device: device.type == "cuda")  # a GPU box with an old CPU
+    from SegXAILib import inference
+
+    monkeypatch.setattr(inference, "fast_bf16", lambda device: device.type == "cuda")  # a GPU box with an old CPU
     cam = make_explainer("gradcam", layer="1")
     assert tiling.resolve_precision("auto", torch.device("cpu"), cam) == "fp32"
     assert tiling.resolve_precision("auto", torch.device("cuda"), cam) == "bf16"
@@ -176,5 +178,10 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, ex
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
-    assert inference.cpu_has_native_bf16() is expected
-    assert inference.fast_bf16(torch.device("cpu")) is expected
+    inference.cpu_has_native_bf16.cache_clear()  # read once per process; this test swaps the CPU
+    try:
+        assert inference.cpu_has_native_bf16() is expected
+        assert inference.fast_bf16(torch.device("cpu")) is expected
+    finally:
+        monkeypatch.undo()
+        inference.cpu_has_native_bf16.cache_clear()

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
-from ..errors import SegXAIError
-from ..inference import CancelToken, ProgressFn, fast_bf16, window_starts
+from ..inference import CancelToken, ProgressFn, wants_bf16, window_starts
 from .base import Explainer
 
 
@@ -33,21 +32,14 @@ def importance(patch: Sequence[int]) -> np.ndarray:
     return torch.clamp(g, min=max(float(g.min()), 1e-3)).numpy()
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
 def resolve_precision(precision: str, device: torch.device, explainer: Explainer) -> str:
     """The precision a method runs in. 'auto' → bf16 where it is fast (a GPU, or a CPU with AMX /
     AVX512-BF16) for the methods that allow it by default (the CAMs), fp32 otherwise; 'bf16' is honoured
     except by methods that need fp32 (LRP)."""
-    if precision not in PRECISIONS:
-        raise SegXAIError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     policy = getattr(explainer, "bf16", "auto")
-    if policy == "never":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if policy == "auto" and fast_bf16(device) else "fp32"
-    return precision
+    if precision == "auto" and policy == "opt-in":
+        precision = "fp32"
+    return "bf16" if wants_bf16(precision, device) and policy != "never" else "fp32"
 
 
 def _pad_amounts(shape, patch) -> list:
