@@ -143,12 +143,7 @@ def cmd_train(args) -> int:
         arch = {"unet": "residual_unet", "transunet": "transunet3d"}.get(args.arch, args.arch)
         if arch != cfg.architecture:
             raise SegXAIError(f"--arch {args.arch} contradicts the config's architecture {cfg.architecture}")
-    if args.threads is not None and args.threads < 1:
-        raise SegXAIError(f"--threads must be at least 1, got {args.threads}")
-    if args.steps is not None:
-        cfg.train["steps"] = args.steps
-    if args.precision:
-        cfg.train["precision"] = args.precision
+    override_training(cfg, args)
     if args.validation is not None:
         cfg.validation = [v for v in args.validation.split(",") if v]
     validate_config(cfg)
@@ -159,6 +154,24 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     train(cfg, out, choose_device(args.device), command="segxai " + shlex.join(args.argv))
     return 0
+
+
+def add_training_options(p: argparse.ArgumentParser, steps_help: str) -> None:
+    """--steps, --threads and --precision, shared by train and crossval (applied by :func:`override_training`)."""
+    p.add_argument("--steps", type=int, help=steps_help)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="overrides the config: auto = bf16 autocast on a GPU or a CPU with AMX/AVX512-BF16")
+
+
+def override_training(cfg, args) -> None:
+    """The command line's --steps and --precision over the config's; a bad --threads fails here, before any work."""
+    if args.threads is not None and args.threads < 1:
+        raise SegXAIError(f"--threads must be at least 1, got {args.threads}")
+    if args.steps is not None:
+        cfg.train["steps"] = args.steps
+    if args.precision:
+        cfg.train["precision"] = args.precision
 
 
 # ---- crossval -----------------------------------------------------------------------------------
@@ -182,8 +195,7 @@ def cmd_crossval(args) -> int:
     if not args.config:
         raise SegXAIError("give --config CONFIG.json (or --table to print the folds already run)")
     cfg = load_config(args.config, args.data_root, cases_file=args.cases)
-    if args.precision:
-        cfg.train["precision"] = args.precision
+    override_training(cfg, args)
     folds = make_folds(cfg, args.scheme)
     if args.fold:
         wanted = args.fold.split(",")
@@ -195,7 +207,7 @@ def cmd_crossval(args) -> int:
         torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     for fold in folds:
-        record = run_fold(cfg, fold, args.output, device, args.steps, command="segxai " + shlex.join(args.argv))
+        record = run_fold(cfg, fold, args.output, device, command="segxai " + shlex.join(args.argv))
         for r in record["results"]:
             dice = ", ".join(f"{k} {v['dice']:.3f}" for k, v in r["classes"].items())
             print(f"{fold.name}: {r['case']}: {dice}")
@@ -264,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="with --images/--labels: names of label values 1, 2, … (e.g. liver,spleen)")
     p.add_argument("--arch", choices=["unet", "transunet", "residual_unet", "transunet3d"], help="architecture")
     p.add_argument("--name", help="model name (default: the output folder's name)")
-    p.add_argument("--steps", type=int, help="training steps (overrides the config)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="overrides the config: auto = bf16 autocast on a GPU or a CPU with AMX/AVX512-BF16")
+    add_training_options(p, "training steps (overrides the config)")
     p.add_argument("-o", "--output", required=True, help="model folder to write")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
@@ -278,9 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", help="a case list (JSON with cases and data_root) that replaces the config's cases, e.g. configs/cases/all-patients.json")
     p.add_argument("--scheme", choices=["lopo", "cross-dataset"], default="lopo")
     p.add_argument("--fold", help="comma-separated fold names to run (default: all; run two processes for two cores)")
-    p.add_argument("--steps", type=int, help="training steps per fold (overrides the config)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="training precision, overrides the config")
+    add_training_options(p, "training steps per fold (overrides the config)")
     p.add_argument("-o", "--output", required=True, help="folder for <fold>/model and <fold>/evaluation.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--table", action="store_true", help="print the Markdown table of the folds already run under -o (and --more)")
