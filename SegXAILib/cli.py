@@ -94,8 +94,8 @@ def cmd_segment(args) -> int:
 
 # ---- evaluate -----------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate, table, write_reports
-    from .models.store import load_model
+    from .evaluation import attach_to_card, evaluate, table, write_reports
+    from .models.store import load_model, resolve_model_folder
     from .training import config_from_folders, load_config
     from .volume import refuse_overwrite
 
@@ -121,6 +121,11 @@ def cmd_evaluate(args) -> int:
         print(f"note: {', '.join(seen)} were in this model's training data; their figures are not a test result")
     files = write_reports(results, args.output, model.card.name, args.overwrite)
     print(f"wrote {files['csv']} and {files['json']}")
+    if args.write_card:
+        card_path = resolve_model_folder(args.model) / "card.json"
+        command = "segxai " + shlex.join(a for a in args.argv if a not in ("--write-card", "--overwrite"))
+        attach_to_card(results, card_path, command)
+        print(f"wrote the figures into {card_path} (training cases under training_cases_not_a_test)")
     return 0
 
 
@@ -264,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="evaluation", help="folder for evaluation.csv and evaluation.json")
     add_model_args(p)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--write-card", action="store_true",
+                   help="also write the figures into the model's card.json (metrics.held_out, or "
+                        "metrics.training_cases_not_a_test for the cases it was trained on)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a residual U-Net or TransUNet; writes model.safetensors + card.json")

@@ -7,6 +7,7 @@ partially labelled data is scored only on what it annotates) or from two folders
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -100,3 +101,38 @@ def write_reports(results: list, out_dir: str | Path, model_name: str, overwrite
             tmp.unlink()
     write_json_atomic({"model": model_name, "cases": results}, json_path, overwrite)
     return {"csv": csv_path, "json": json_path}
+
+
+def attach_to_card(results: list, card_path: str | Path, command: str) -> dict:
+    """Write these figures into a model card's ``metrics``, each case where it belongs.
+
+    A case the model was trained on goes under ``training_cases_not_a_test``, any other under ``held_out``, so
+    a card never calls a training patient a test. Returns the new ``metrics``.
+    """
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    trained = {c.get("id") for c in card.get("training", {}).get("cases", [])}
+
+    def rounded(classes: dict) -> dict:
+        return {name: {k: (round(m[k], 4) if isinstance(m.get(k), float) and math.isfinite(m[k]) else m.get(k))
+                       for k in COLUMNS if k in m} for name, m in classes.items()}
+
+    held = [r for r in results if r["case"] not in trained]
+    seen = [r for r in results if r["case"] in trained]
+    metrics = card.setdefault("metrics", {})
+    metrics["evaluated_with"] = command
+    metrics["resolution"] = "input grid, after post-processing; reference labels as listed per case"
+    if held:
+        metrics["held_out"] = {"patients": ", ".join(f"{r['patient'] or r['case']} ({r['case']})" for r in held),
+                               "cases": {r["case"]: rounded(r["classes"]) for r in held}}
+    else:
+        patients = ", ".join(r["patient"] or r["case"] for r in seen)
+        metrics["held_out"] = {"patients": f"none: every evaluated patient ({patients}) is a training patient of this "
+                                           "model. How the recipe does on a patient it never saw is in crossval "
+                                           "(leave-one-patient-out and cross-dataset folds)."}
+    if seen:
+        metrics["training_cases_not_a_test"] = {r["case"]: rounded(r["classes"]) for r in seen}
+    else:
+        metrics.pop("training_cases_not_a_test", None)
+    write_json_atomic(card, card_path, overwrite=True)
+    return metrics

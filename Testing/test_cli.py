@@ -136,6 +136,31 @@ def test_evaluate_writes_a_table_csv_and_json(tmp_path, capsys, model_dir, ct_li
     assert (tmp_path / "ev" / "evaluation.csv").read_text().count("\n") == 3  # header + liver + spleen
 
 
+def test_evaluate_writes_its_figures_into_the_card_and_never_calls_a_training_case_a_test(tmp_path, capsys, model_dir, ct_like):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    _write(images / "p1.nii.gz", ct_like)
+    _write(labels / "p1.nii.gz", (ct_like > 100).astype(np.uint8))
+    argv = ["evaluate", "--images", images, "--labels", labels, "--model", model_dir, "-o", tmp_path / "ev"]
+    code, out, err = run(capsys, *argv, "--write-card")
+    assert code == 0, err
+    card_path = model_dir / "card.json"
+    metrics = json.loads(card_path.read_text())["metrics"]
+    dice = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["cases"][0]["classes"]["liver"]["dice"]
+    assert metrics["held_out"]["cases"]["p1"]["liver"]["dice"] == pytest.approx(dice, abs=1e-4)
+    assert "training_cases_not_a_test" not in metrics
+    assert metrics["evaluated_with"].startswith("segxai evaluate") and "--write-card" not in metrics["evaluated_with"]
+    # the same case, now a training case of the model: its figure moves out of held_out
+    card = json.loads(card_path.read_text())
+    card.setdefault("training", {})["cases"] = [{"id": "p1", "licence": "test"}]
+    card_path.write_text(json.dumps(card))
+    code, out, err = run(capsys, *argv, "--write-card", "--overwrite")
+    assert code == 0, err
+    metrics = json.loads(card_path.read_text())["metrics"]
+    assert metrics["held_out"]["patients"].startswith("none") and "cases" not in metrics["held_out"]
+    assert metrics["training_cases_not_a_test"]["p1"]["liver"]["dice"] == pytest.approx(dice, abs=1e-4)
+
+
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "segment" in capsys.readouterr().out
