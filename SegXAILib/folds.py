@@ -18,7 +18,7 @@ from typing import Callable
 from .errors import SegXAIError
 from .evaluation import evaluate
 from .models.store import load_model
-from .training import TrainConfig, train, validate_config
+from .training import DEFAULT_TRAIN, TrainConfig, _merge, train, validate_config
 from .volume import write_json_atomic
 
 SCHEMES = ("lopo", "cross-dataset")
@@ -116,6 +116,7 @@ def run_fold(cfg: TrainConfig, fold: Fold, out_dir: str | Path, device, steps: i
         "training_minutes": model.card.training.get("minutes"),
         "device": model.card.training.get("device"),
         "precision": model.card.training.get("precision", "fp32"),
+        "settings": model.card.training.get("settings"),
         "seconds": round(time.time() - started, 1),
         "results": results,
     }
@@ -128,8 +129,20 @@ def collect(folders: list) -> list:
     records = []
     for root in folders:
         for path in sorted(Path(root).glob("*/evaluation.json")):
-            records.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            card = path.parent / "model" / "card.json"
+            if record.get("settings") is None and card.exists():  # a record from before folds kept their settings
+                record["settings"] = json.loads(card.read_text()).get("training", {}).get("settings")
+            records.append(record)
     return records
+
+
+def same_recipe(a: dict | None, b: dict | None) -> bool:
+    """Two training settings describe one recipe when all but the step budget and the precision agree."""
+    if a is None or b is None:
+        return False
+    recipe = [{k: v for k, v in _merge(DEFAULT_TRAIN, s).items() if k not in ("steps", "precision")} for s in (a, b)]
+    return recipe[0] == recipe[1]
 
 
 def _cell(value, digits: int = 3) -> str:
@@ -171,9 +184,11 @@ def attach_to_card(records: list, card_path: str | Path) -> int:
     """Write the folds run with this card's recipe into its ``metrics.crossval``; returns how many."""
     card_path = Path(card_path)
     card = json.loads(card_path.read_text())
-    mine = [r for r in records if r["model"] == card["name"]]
+    named = [r for r in records if r["model"] == card["name"]]
+    mine = [r for r in named if same_recipe(r.get("settings"), card.get("training", {}).get("settings"))]
     if not mine:
-        raise SegXAIError(f"no fold under the given folders was run with {card['name']}'s config")
+        other = f" ({len(named)} ran an earlier recipe of it: other training settings)" if named else ""
+        raise SegXAIError(f"no fold under the given folders was run with {card['name']}'s config{other}")
     keep = ("dice", "iou", "sensitivity", "precision", "hd95_mm", "volume_error_ml")
     card.setdefault("metrics", {})["crossval"] = {
         "what": "the same architecture, input and training settings retrained per fold, then scored on the cases "

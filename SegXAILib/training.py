@@ -52,6 +52,11 @@ DEFAULT_TRAIN = {
         "intensity_shift": 0.1,
         "intensity_scale": 0.1,
         "gamma": [0.7, 1.5],
+        # random monotone tone curve on the windowed intensities: each of `contrast_points` evenly spaced
+        # knots moves by up to ±`contrast_curve` (0.1 = ±50 HU for a 500 HU window), so organs brighten or
+        # darken against fat differently from scan to scan, as contrast phases do; 0 turns it off
+        "contrast_curve": 0.0,
+        "contrast_points": 6,
         "probability": 0.8,
     },
 }
@@ -311,8 +316,19 @@ def random_patch(case: PreparedCase, patch, rng: np.random.Generator, foreground
     return image, groups
 
 
+def tone_curve(image: np.ndarray, rng: np.random.Generator, jitter: float, points: int) -> np.ndarray:
+    """Map windowed intensities (0..1) through a random monotone piecewise-linear curve.
+
+    Knots at evenly spaced input levels move by up to ±``jitter``; a running maximum keeps the curve
+    monotone, so tissue order (fat < liver < contrast-filled vessel) survives while the gaps between them change.
+    """
+    x = np.linspace(0.0, 1.0, max(int(points), 2))
+    y = np.maximum.accumulate(x + rng.uniform(-jitter, jitter, x.shape))
+    return np.interp(image, x, y, left=y[0], right=y[-1]).astype(np.float32)
+
+
 class Augmenter:
-    """Rotation, scaling (zoom), optional flips, intensity shift/scale, gamma contrast, Gaussian noise."""
+    """Rotation, scaling (zoom), optional flips, tone curve, intensity shift/scale, gamma contrast, Gaussian noise."""
 
     def __init__(self, settings: dict, seed: int) -> None:
         from monai.transforms import RandAffined
@@ -339,6 +355,8 @@ class Augmenter:
         for axis in self.s.get("flip_axes", []):
             if r.random() < 0.5:
                 img, grp = np.flip(img, axis).copy(), np.flip(grp, axis).copy()
+        if self.s.get("contrast_curve", 0) > 0 and r.random() < 0.5:
+            img = tone_curve(img, r, self.s["contrast_curve"], self.s.get("contrast_points", 6))
         if r.random() < 0.5:
             img = img * (1 + r.uniform(-1, 1) * self.s.get("intensity_scale", 0)) + r.uniform(-1, 1) * self.s.get("intensity_shift", 0)
         if r.random() < 0.3:

@@ -87,13 +87,20 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     from SegXAILib.folds import attach_to_card
 
     card_path = tmp_path / "card.json"
-    card_path.write_text(json.dumps({"name": "tiny", "metrics": {"held_out": {}}}))
+    # the bundled model of this recipe: same settings, a longer budget
+    settings = dict(cfg.train, steps=1000)
+    card_path.write_text(json.dumps({"name": "tiny", "training": {"settings": settings}, "metrics": {"held_out": {}}}))
     assert attach_to_card(collect([tmp_path / "cv"]), card_path) == 1
     written = json.loads(card_path.read_text())["metrics"]
     assert "held_out" in written and written["crossval"]["folds"][0]["results"]["A"]["liver+liver tumor"]["dice"] == dice
     assert written["crossval"]["folds"][0]["precision"] in ("fp32", "bf16 autocast")
-    card_path.write_text(json.dumps({"name": "other"}))
+    card_path.write_text(json.dumps({"name": "other", "training": {"settings": settings}}))
     with pytest.raises(SegXAIError, match="no fold"):
+        attach_to_card(collect([tmp_path / "cv"]), card_path)
+    # a model of the same name trained with another augmentation is another recipe: the folds do not describe it
+    other = dict(settings, augment=dict(settings["augment"], contrast_curve=0.2))
+    card_path.write_text(json.dumps({"name": "tiny", "training": {"settings": other}}))
+    with pytest.raises(SegXAIError, match="earlier recipe"):
         attach_to_card(collect([tmp_path / "cv"]), card_path)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from SegXAILib.errors import SegXAIError
 from SegXAILib.models.store import load_model
-from SegXAILib.training import Case, load_config, marginal_dice_ce, membership_matrix, train
+from SegXAILib.training import Augmenter, Case, load_config, marginal_dice_ce, membership_matrix, tone_curve, train
 
 CLASSES = ["liver", "liver tumor", "spleen"]
 
@@ -80,6 +80,33 @@ def _config(tmp_path, data_dir, steps):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+def test_the_tone_curve_changes_contrast_but_keeps_tissue_order():
+    rng = np.random.default_rng(3)
+    levels = np.linspace(0, 1, 501, dtype=np.float32)  # every windowed HU level, -200..300 HU
+    moved = []
+    for _ in range(20):
+        out = tone_curve(levels, rng, 0.1, 6)
+        assert out.dtype == np.float32 and out.shape == levels.shape
+        assert np.all(np.diff(out) >= 0)  # fat < liver < vessel stays true
+        assert np.abs(out - levels).max() <= 0.1 + 1e-6
+        moved.append(np.abs(out - levels).max())
+    assert np.mean(moved) > 0.03  # it really changes the contrast
+    # liver (~100 HU, 0.6) against fat (-100 HU, 0.2): the gap differs from draw to draw
+    gaps = [np.interp([0.2, 0.6], levels, tone_curve(levels, rng, 0.1, 6)) @ [-1, 1] for _ in range(20)]
+    assert np.std(gaps) > 0.02
+
+
+def test_the_augmenter_applies_the_tone_curve_only_when_asked():
+    image = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 16, 1))
+    groups = np.zeros(image.shape, dtype=np.uint8)
+    plain = {"probability": 0.0, "intensity_shift": 0, "intensity_scale": 0, "noise_std": 0, "gamma": [1, 1]}
+    off = Augmenter(plain, seed=0)
+    assert all(np.array_equal(off(image, groups)[0], image) for _ in range(5))
+    on = Augmenter(dict(plain, contrast_curve=0.1), seed=0)
+    changed = [not np.allclose(on(image, groups)[0], image) for _ in range(20)]
+    assert 3 <= sum(changed) <= 17  # about half the patches
 
 
 def test_a_short_real_training_run_writes_a_loadable_model(tmp_path, data_dir):
