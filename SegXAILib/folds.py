@@ -18,7 +18,7 @@ from typing import Callable
 from .errors import SegXAIError
 from .evaluation import evaluate
 from .models.store import load_model
-from .training import DEFAULT_TRAIN, TrainConfig, _merge, train, validate_config
+from .training import TrainConfig, recipe_of, train, validate_config
 from .volume import write_json_atomic
 
 SCHEMES = ("lopo", "cross-dataset")
@@ -141,8 +141,7 @@ def same_recipe(a: dict | None, b: dict | None) -> bool:
     """Two training settings describe one recipe when all but the step budget and the precision agree."""
     if a is None or b is None:
         return False
-    recipe = [{k: v for k, v in _merge(DEFAULT_TRAIN, s).items() if k not in ("steps", "precision")} for s in (a, b)]
-    return recipe[0] == recipe[1]
+    return recipe_of(a) == recipe_of(b)
 
 
 def _cell(value, digits: int = 3) -> str:

@@ -145,6 +145,11 @@ def _merge(defaults: dict, given: dict) -> dict:
     return out
 
 
+def recipe_of(settings: dict) -> dict:
+    """The training settings that make a recipe: defaults filled in, the step budget and the precision left out."""
+    return {k: v for k, v in _merge(DEFAULT_TRAIN, settings).items() if k not in ("steps", "precision")}
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
