@@ -95,7 +95,7 @@ def cmd_segment(args) -> int:
 # ---- evaluate -----------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
     from .evaluation import attach_to_card, evaluate, table, write_reports
-    from .models.store import load_model, resolve_model_folder
+    from .models.store import load_model
     from .training import config_from_folders, load_config
     from .volume import refuse_overwrite
 
@@ -122,7 +122,7 @@ def cmd_evaluate(args) -> int:
     files = write_reports(results, args.output, model.card.name, args.overwrite)
     print(f"wrote {files['csv']} and {files['json']}")
     if args.write_card:
-        card_path = resolve_model_folder(args.model) / "card.json"
+        card_path = model.folder / "card.json"
         command = "segxai " + shlex.join(a for a in args.argv if a not in ("--write-card", "--overwrite"))
         attach_to_card(results, card_path, command)
         print(f"wrote the figures into {card_path} (training cases under training_cases_not_a_test)")
