@@ -179,24 +179,41 @@ def markdown_table(records: list, no_volume: tuple = ()) -> str:
     return "\n".join(lines)
 
 
+def _fold_key(fold: dict) -> tuple:
+    """Which run a card's fold entry is: rerunning the same fold with the same budget and precision replaces it."""
+    return fold["scheme"], fold["fold"], fold["steps"], fold.get("precision", "fp32")
+
+
 def attach_to_card(records: list, card_path: str | Path) -> int:
-    """Write the folds run with this card's recipe into its ``metrics.crossval``; returns how many."""
+    """Write the folds run with this card's recipe into its ``metrics.crossval``; returns how many.
+
+    Folds already in the card from earlier runs of the same recipe stay (their folders may be gone); a fold
+    rerun with the same budget and precision replaces its entry. Entries written under another recipe go.
+    """
     card_path = Path(card_path)
     card = json.loads(card_path.read_text())
+    settings = card.get("training", {}).get("settings")
     named = [r for r in records if r["model"] == card["name"]]
-    mine = [r for r in named if same_recipe(r.get("settings"), card.get("training", {}).get("settings"))]
+    mine = [r for r in named if same_recipe(r.get("settings"), settings)]
     if not mine:
         other = f" ({len(named)} ran an earlier recipe of it: other training settings)" if named else ""
         raise SegXAIError(f"no fold under the given folders was run with {card['name']}'s config{other}")
     keep = ("dice", "iou", "sensitivity", "precision", "hd95_mm", "volume_error_ml")
+    written = [{"fold": r["fold"], "scheme": r["scheme"], "train": r["train"], "test": r["test"], "steps": r["steps"],
+                "training_minutes": r["training_minutes"], "device": r["device"],
+                "precision": r.get("precision", "fp32"),
+                "results": {res["case"]: {cls: {k: m[k] for k in keep if k in m} for cls, m in res["classes"].items()}
+                            for res in r["results"]}} for r in mine]
+    before = card.get("metrics", {}).get("crossval", {})
+    recipe = json.loads(json.dumps(recipe_of(settings))) if settings is not None else None  # as a card stores it
+    # entries from before cards named their recipe were written through the same filter, so they stay
+    earlier = before.get("folds", []) if before.get("recipe", recipe) == recipe else []
+    new_keys = {_fold_key(f) for f in written}
     card.setdefault("metrics", {})["crossval"] = {
         "what": "the same architecture, input and training settings retrained per fold, then scored on the cases "
                 "it never saw; fold models are not the bundled weights (see steps)",
-        "folds": [{"fold": r["fold"], "scheme": r["scheme"], "train": r["train"], "test": r["test"], "steps": r["steps"],
-                   "training_minutes": r["training_minutes"], "device": r["device"],
-                   "precision": r.get("precision", "fp32"),
-                   "results": {res["case"]: {cls: {k: m[k] for k in keep if k in m} for cls, m in res["classes"].items()}
-                               for res in r["results"]}} for r in mine],
+        "recipe": recipe,
+        "folds": [f for f in earlier if _fold_key(f) not in new_keys] + written,
     }
     write_json_atomic(card, card_path, overwrite=True)
     return len(mine)

@@ -94,6 +94,19 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     written = json.loads(card_path.read_text())["metrics"]
     assert "held_out" in written and written["crossval"]["folds"][0]["results"]["A"]["liver+liver tumor"]["dice"] == dice
     assert written["crossval"]["folds"][0]["precision"] in ("fp32", "bf16 autocast")
+    # a fold the card holds from an earlier run (its folder gone) stays; rerunning the same fold replaces it
+    card = json.loads(card_path.read_text())
+    gone = dict(card["metrics"]["crossval"]["folds"][0], steps=800)
+    card["metrics"]["crossval"]["folds"].append(gone)
+    card_path.write_text(json.dumps(card))
+    assert attach_to_card(collect([tmp_path / "cv"]), card_path) == 1
+    assert [f["steps"] for f in json.loads(card_path.read_text())["metrics"]["crossval"]["folds"]] == [800, 2]
+    # entries written under another recipe of the model are dropped, not mixed in
+    card = json.loads(card_path.read_text())
+    card["metrics"]["crossval"]["recipe"] = dict(card["metrics"]["crossval"]["recipe"], lr=1.0)
+    card_path.write_text(json.dumps(card))
+    attach_to_card(collect([tmp_path / "cv"]), card_path)
+    assert [f["steps"] for f in json.loads(card_path.read_text())["metrics"]["crossval"]["folds"]] == [2]
     card_path.write_text(json.dumps({"name": "other", "training": {"settings": settings}}))
     with pytest.raises(SegXAIError, match="no fold"):
         attach_to_card(collect([tmp_path / "cv"]), card_path)
