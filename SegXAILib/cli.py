@@ -94,7 +94,7 @@ def cmd_segment(args) -> int:
 
 # ---- evaluate -----------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    from .evaluation import attach_to_card, evaluate, table, write_reports
+    from .evaluation import attach_to_card, errors_text, evaluate, table, write_reports
     from .models.store import load_model
     from .training import config_from_folders, load_config
     from .volume import refuse_overwrite
@@ -116,6 +116,9 @@ def cmd_evaluate(args) -> int:
     trained = {c.get("id") for c in model.card.training.get("cases", [])}
     results = evaluate(cases, model, args.device)
     print(table(results))
+    errors = errors_text(results)
+    if errors:
+        print("largest errors (connected regions of at least 1 mL):\n" + errors)
     seen = [r["case"] for r in results if r["case"] in trained]
     if seen:
         print(f"note: {', '.join(seen)} were in this model's training data; their figures are not a test result")

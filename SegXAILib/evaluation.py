@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .error_components import describe, error_components
 from .metrics import mask_metrics
 from .models.store import LoadedModel
 from .pipeline import segment
@@ -46,7 +47,9 @@ def evaluate_case(case: Case, model: LoadedModel, device="auto", progress=None) 
     # the model has none of a group's classes (a fold trained without them): nothing to score there
     groups = {k: v for k, v in groups.items() if v[0]}
     for key, (pred_values, ref_values) in groups.items():
-        rows[key] = mask_metrics(np.isin(pred, pred_values), np.isin(ref, ref_values), spacing_kji, volume.voxel_volume_ml)
+        pred_mask, ref_mask = np.isin(pred, pred_values), np.isin(ref, ref_values)
+        rows[key] = mask_metrics(pred_mask, ref_mask, spacing_kji, volume.voxel_volume_ml)
+        rows[key]["errors"] = error_components(pred_mask, ref_mask, volume)
     return {"case": case.id, "patient": case.meta.get("patient", ""), "source": case.meta.get("source", ""),
             "seconds": round(result.seconds["total"], 2), "classes": rows}
 
@@ -78,6 +81,17 @@ def table(results: list) -> str:
             rows.append([r["case"], name] + [_fmt(m[k]) for k in ("dice", "iou", "sensitivity", "specificity", "precision", "hd95_mm", "volume_pred_ml", "volume_ref_ml")])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def errors_text(results: list) -> str:
+    """The largest false-positive and missed regions per case and class, indented under their case and class."""
+    lines = []
+    for r in results:
+        for name, m in r["classes"].items():
+            if m.get("errors"):
+                lines.append(f"{r['case']} {name}:")
+                lines += ["  " + line for line in describe(m["errors"]).splitlines()]
+    return "\n".join(lines)
 
 
 def write_reports(results: list, out_dir: str | Path, model_name: str, overwrite: bool = False) -> dict:

@@ -133,6 +133,9 @@ def test_evaluate_writes_a_table_csv_and_json(tmp_path, capsys, model_dir, ct_li
     data = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     row = data["cases"][0]["classes"]["liver"]
     assert 0.0 <= row["dice"] <= 1.0 and row["volume_ref_ml"] > 0
+    # the wrong regions are in the JSON report, and printed when there are any
+    assert all(e["kind"] in ("false positive", "missed") and e["volume_ml"] >= 1.0 for e in row["errors"])
+    assert ("largest errors" in out) == any(c["errors"] for c in data["cases"][0]["classes"].values())
     assert (tmp_path / "ev" / "evaluation.csv").read_text().count("\n") == 3  # header + liver + spleen
 
 

@@ -60,3 +60,27 @@ def test_per_class_uses_value_sets():
     out = per_class_metrics(pred, ref, {"liver": ([1], [1]), "liver incl. tumour": ([1, 2], [1, 2])}, (1, 1, 1), 1.0)
     assert math.isclose(out["liver"]["dice"], 2 / 3)
     assert out["liver incl. tumour"]["dice"] == 1.0
+
+
+def test_error_components_name_the_largest_wrong_regions_with_volume_hu_and_place():
+    from SegXAILib.error_components import describe, error_components
+    from SegXAILib.volume import Volume
+
+    hu = np.zeros((20, 20, 20), np.float32)
+    hu[:, :, 15:] = 120.0  # an enhanced organ along high i
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])  # 2 mm voxels, LPS axes: 0.008 mL each
+    image = Volume(hu, affine)
+    ref = np.zeros(hu.shape, bool)
+    ref[2:12, 2:12, 2:12] = True  # 1000 voxels = 8 mL
+    pred = ref.copy()
+    pred[2:12, 2:12, 2:4] = False  # 200 voxels missed (1.6 mL)
+    pred[5:15, 5:15, 15:20] = True  # 500 voxels false positive in the organ (4 mL), centre i 17, j 9.5, k 9.5
+    pred[18, 18, 0] = True  # one stray voxel: below min_ml, not listed
+    rows = error_components(pred, ref, image)
+    assert [r["kind"] for r in rows] == ["false positive", "missed"]
+    fp, missed = rows
+    assert fp["volume_ml"] == 4.0 and fp["median_hu"] == 120.0
+    assert fp["centre_ras"] == [-34.0, -19.0, 19.0]
+    assert missed["volume_ml"] == 1.6 and missed["median_hu"] == 0.0
+    assert describe(rows).splitlines()[0] == "false positive 4.0 mL, median 120 HU, centre RAS (-34.0, -19.0, 19.0)"
+    assert error_components(ref, ref, image) == []
