@@ -165,19 +165,23 @@ def cmd_train(args) -> int:
 
 
 def add_training_options(p: argparse.ArgumentParser, steps_help: str) -> None:
-    """--steps, --threads and --precision, shared by train and crossval (applied by :func:`override_training`)."""
+    """--steps, --seed, --threads and --precision, shared by train and crossval (applied by :func:`override_training`)."""
     p.add_argument("--steps", type=int, help=steps_help)
+    p.add_argument("--seed", type=int, help="overrides the config's seed (initial weights, patches, augmentation): "
+                   "the same recipe run again, e.g. to see how much a fold varies from run to run")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="overrides the config: auto = bf16 autocast on a GPU or a CPU with AMX/AVX512-BF16")
 
 
 def override_training(cfg, args) -> None:
-    """The command line's --steps and --precision over the config's; a bad --threads fails here, before any work."""
+    """The command line's --steps, --seed and --precision over the config's; a bad --threads fails here, before any work."""
     if args.threads is not None and args.threads < 1:
         raise SegXAIError(f"--threads must be at least 1, got {args.threads}")
     if args.steps is not None:
         cfg.train["steps"] = args.steps
+    if args.seed is not None:
+        cfg.train["seed"] = args.seed
     if args.precision:
         cfg.train["precision"] = args.precision
 

@@ -138,7 +138,7 @@ def collect(folders: list) -> list:
 
 
 def same_recipe(a: dict | None, b: dict | None) -> bool:
-    """Two training settings describe one recipe when all but the step budget and the precision agree."""
+    """Two training settings describe one recipe when all but the step budget, the precision and the seed agree."""
     if a is None or b is None:
         return False
     return recipe_of(a) == recipe_of(b)
@@ -153,21 +153,21 @@ def _cell(value, digits: int = 3) -> str:
 
 
 def markdown_table(records: list, no_volume: tuple = ()) -> str:
-    """One row per (scheme, fold, training steps, test case, class), one column group per model, in the order given."""
+    """One row per (scheme, fold, training steps, seed, test case, class), one column group per model, in the order given."""
     models = list(dict.fromkeys(r["model"] for r in records))
     index: dict = {}
     for r in records:
         for res in r["results"]:
             for cls, m in res["classes"].items():
-                key = (r["scheme"], r["fold"], r["steps"], res["case"], res.get("patient", ""), cls)
+                key = (r["scheme"], r["fold"], r["steps"], seed_of(r), res["case"], res.get("patient", ""), cls)
                 index.setdefault(key, {})[r["model"]] = (m, r)
-    head = ["scheme", "fold (trained on)", "steps", "test patient", "class"]
+    head = ["scheme", "fold (trained on)", "steps", "seed", "test patient", "class"]
     for name in models:
         head += [f"{name} Dice", "IoU", "sens", "prec", "HD95 mm", "vol err mL"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (scheme, fold, steps, case, patient, cls), per_model in index.items():
+    for (scheme, fold, steps, seed, case, patient, cls), per_model in index.items():
         trained = next(iter(per_model.values()))[1]["train"]
-        row = [scheme, f"{fold} ({', '.join(trained)})", str(steps), f"{patient} ({case})" if patient else case, cls]
+        row = [scheme, f"{fold} ({', '.join(trained)})", str(steps), str(seed), f"{patient} ({case})" if patient else case, cls]
         for name in models:
             if name not in per_model:
                 row += ["–"] * 6
@@ -179,9 +179,14 @@ def markdown_table(records: list, no_volume: tuple = ()) -> str:
     return "\n".join(lines)
 
 
+def seed_of(record: dict) -> int:
+    """The seed a fold ran with (records from before folds kept their settings ran with the default, 0)."""
+    return int((record.get("settings") or {}).get("seed", 0))
+
+
 def _fold_key(fold: dict) -> tuple:
-    """Which run a card's fold entry is: rerunning the same fold with the same budget and precision replaces it."""
-    return fold["scheme"], fold["fold"], fold["steps"], fold.get("precision", "fp32")
+    """Which run a card's fold entry is: rerunning the same fold, budget, precision and seed replaces it."""
+    return fold["scheme"], fold["fold"], fold["steps"], fold.get("precision", "fp32"), fold.get("seed", 0)
 
 
 def attach_to_card(records: list, card_path: str | Path) -> int:
@@ -201,7 +206,7 @@ def attach_to_card(records: list, card_path: str | Path) -> int:
     keep = ("dice", "iou", "sensitivity", "precision", "hd95_mm", "volume_error_ml")
     written = [{"fold": r["fold"], "scheme": r["scheme"], "train": r["train"], "test": r["test"], "steps": r["steps"],
                 "training_minutes": r["training_minutes"], "device": r["device"],
-                "precision": r.get("precision", "fp32"),
+                "precision": r.get("precision", "fp32"), "seed": seed_of(r),
                 "results": {res["case"]: {cls: {k: m[k] for k in keep if k in m} for cls, m in res["classes"].items()}
                             for res in r["results"]}} for r in mine]
     before = card.get("metrics", {}).get("crossval", {})

@@ -146,8 +146,9 @@ def _merge(defaults: dict, given: dict) -> dict:
 
 
 def recipe_of(settings: dict) -> dict:
-    """The training settings that make a recipe: defaults filled in, the step budget and the precision left out."""
-    return {k: v for k, v in _merge(DEFAULT_TRAIN, settings).items() if k not in ("steps", "precision")}
+    """The training settings that make a recipe: defaults filled in; the step budget, the precision and the seed
+    (which run of the recipe it is) left out."""
+    return {k: v for k, v in _merge(DEFAULT_TRAIN, settings).items() if k not in ("steps", "precision", "seed")}
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -200,3 +200,21 @@ def test_bad_training_arguments_are_clear(tmp_path, capsys):
     cfg.write_text(json.dumps({"name": "x", "cases": [{"image": "a"}]}))
     code, _, err = run(capsys, "train", "--config", cfg, "-o", tmp_path / "m")
     assert code == 1 and "malformed" in err and "Traceback" not in err
+
+
+def test_training_options_override_the_config_and_refuse_zero_threads():
+    import argparse
+
+    from SegXAILib.cli import add_training_options, override_training
+    from SegXAILib.errors import SegXAIError
+    from SegXAILib.training import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    add_training_options(parser, "steps")
+    cfg = TrainConfig(name="m", architecture="unet", classes=["liver"], cases=[], validation=[])
+    override_training(cfg, parser.parse_args(["--steps", "7", "--seed", "3", "--precision", "fp32"]))
+    assert (cfg.train["steps"], cfg.train["seed"], cfg.train["precision"]) == (7, 3, "fp32")
+    override_training(cfg, parser.parse_args([]))  # nothing given: the config's values stay
+    assert (cfg.train["steps"], cfg.train["seed"]) == (7, 3)
+    with pytest.raises(SegXAIError, match="--threads"):
+        override_training(cfg, parser.parse_args(["--threads", "0"]))

@@ -82,7 +82,7 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     run_fold(cfg, fold, tmp_path / "cv", torch.device("cpu"), log=logs.append)
     assert any("using the finished model" in line for line in logs)
     table = markdown_table(collect([tmp_path / "cv"]), no_volume=("B",))
-    assert "| cross-dataset | from-ircad (C) | 2 | A (A) | liver+liver tumor | " + f"{dice:.3f}" in table
+    assert "| cross-dataset | from-ircad (C) | 2 | 0 | A (A) | liver+liver tumor | " + f"{dice:.3f}" in table
     assert table.splitlines()[-1].endswith("| n/a |")  # B's volume error withheld
     from SegXAILib.folds import attach_to_card
 
@@ -101,12 +101,23 @@ def test_a_fold_trains_scores_the_left_out_patient_and_is_not_trained_twice(tmp_
     card_path.write_text(json.dumps(card))
     assert attach_to_card(collect([tmp_path / "cv"]), card_path) == 1
     assert [f["steps"] for f in json.loads(card_path.read_text())["metrics"]["crossval"]["folds"]] == [800, 2]
+    # another seed is another run of the same recipe: its own entry and its own table row, beside seed 0
+    card = json.loads(card_path.read_text())
+    card["training"]["settings"] = dict(settings, seed=7)  # the bundled model's seed does not make it another recipe
+    card_path.write_text(json.dumps(card))
+    again = collect([tmp_path / "cv"])[0]
+    again["settings"] = dict(again["settings"], seed=1)
+    assert attach_to_card([again], card_path) == 1
+    folds = json.loads(card_path.read_text())["metrics"]["crossval"]["folds"]
+    assert [(f["steps"], f["seed"]) for f in folds] == [(800, 0), (2, 0), (2, 1)]
+    both = markdown_table(collect([tmp_path / "cv"]) + [again])
+    assert "| 2 | 0 | A (A) |" in both and "| 2 | 1 | A (A) |" in both
     # entries written under another recipe of the model are dropped, not mixed in
     card = json.loads(card_path.read_text())
     card["metrics"]["crossval"]["recipe"] = dict(card["metrics"]["crossval"]["recipe"], lr=1.0)
     card_path.write_text(json.dumps(card))
     attach_to_card(collect([tmp_path / "cv"]), card_path)
-    assert [f["steps"] for f in json.loads(card_path.read_text())["metrics"]["crossval"]["folds"]] == [2]
+    assert [(f["steps"], f["seed"]) for f in json.loads(card_path.read_text())["metrics"]["crossval"]["folds"]] == [(2, 0)]
     card_path.write_text(json.dumps({"name": "other", "training": {"settings": settings}}))
     with pytest.raises(SegXAIError, match="no fold"):
         attach_to_card(collect([tmp_path / "cv"]), card_path)
