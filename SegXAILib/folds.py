@@ -211,8 +211,10 @@ def attach_to_card(records: list, card_path: str | Path) -> int:
                             for res in r["results"]}} for r in mine]
     before = card.get("metrics", {}).get("crossval", {})
     recipe = json.loads(json.dumps(recipe_of(settings))) if settings is not None else None  # as a card stores it
-    # entries from before cards named their recipe were written through the same filter, so they stay
+    # entries from before cards named their recipe were written through the same filter, so they stay; that
+    # filter also held the seed to the card's, which is how an entry from before seeds were recorded gets one
     earlier = before.get("folds", []) if before.get("recipe", recipe) == recipe else []
+    earlier = [dict(f, seed=f.get("seed", (settings or {}).get("seed", 0))) for f in earlier]
     new_keys = {_fold_key(f) for f in written}
     card.setdefault("metrics", {})["crossval"] = {
         "what": "the same architecture, input and training settings retrained per fold, then scored on the cases "
