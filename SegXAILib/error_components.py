@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .postprocessing import FULL_CONNECTIVITY  # regions counted as the post-processing counts components
 from .volume import Volume
-
-_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the post-processing counts components
 
 
 def error_components(pred: np.ndarray, ref: np.ndarray, image: Volume, limit: int = 3, min_ml: float = 1.0) -> list:
@@ -23,7 +22,7 @@ def error_components(pred: np.ndarray, ref: np.ndarray, image: Volume, limit: in
         raise ValueError(f"masks {pred.shape} and {ref.shape} must lie on the image's grid {image.shape}")
     rows = []
     for kind, wrong in (("false positive", pred & ~ref), ("missed", ref & ~pred)):
-        labelled, n = ndimage.label(wrong, structure=_FULL)
+        labelled, n = ndimage.label(wrong, structure=FULL_CONNECTIVITY)
         if n == 0:
             continue
         sizes = np.bincount(labelled.ravel())[1:]

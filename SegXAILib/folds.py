@@ -193,7 +193,7 @@ def attach_to_card(records: list, card_path: str | Path) -> int:
     """Write the folds run with this card's recipe into its ``metrics.crossval``; returns how many.
 
     Folds already in the card from earlier runs of the same recipe stay (their folders may be gone); a fold
-    rerun with the same budget and precision replaces its entry. Entries written under another recipe go.
+    rerun with the same budget, precision and seed replaces its entry. Entries written under another recipe go.
     """
     card_path = Path(card_path)
     card = json.loads(card_path.read_text())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
+FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: a component is what touches at a corner too
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a boolean mask (the mask itself when empty)."""
-    labelled, n = ndimage.label(mask, structure=_FULL)
+    labelled, n = ndimage.label(mask, structure=FULL_CONNECTIVITY)
     if n <= 1:
         return mask
     sizes = np.bincount(labelled.ravel())
@@ -20,10 +20,10 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def touching(mask: np.ndarray, host: np.ndarray) -> np.ndarray:
     """The components of ``mask`` that overlap or touch ``host``."""
-    labelled, n = ndimage.label(mask, structure=_FULL)
+    labelled, n = ndimage.label(mask, structure=FULL_CONNECTIVITY)
     if n == 0:
         return mask
-    near = ndimage.binary_dilation(host, structure=_FULL)
+    near = ndimage.binary_dilation(host, structure=FULL_CONNECTIVITY)
     keep = np.unique(labelled[near & mask])
     return np.isin(labelled, keep[keep > 0])
 
