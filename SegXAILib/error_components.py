@@ -26,15 +26,17 @@ def error_components(pred: np.ndarray, ref: np.ndarray, image: Volume, limit: in
         if n == 0:
             continue
         sizes = np.bincount(labelled.ravel())[1:]
+        boxes = ndimage.find_objects(labelled)  # each region is read inside its bounding box, not the whole volume
         largest = np.argsort(-sizes, kind="stable")[:limit] + 1
         for label in largest:
             ml = float(sizes[label - 1]) * image.voxel_volume_ml
             if ml < min_ml:
                 break
-            region = labelled == label
-            k, j, i = ndimage.center_of_mass(region)
+            box = boxes[label - 1]
+            region = labelled[box] == label
+            k, j, i = np.array(ndimage.center_of_mass(region)) + [b.start for b in box]
             centre = image.ijk_to_ras @ np.array([i, j, k, 1.0])
-            rows.append({"kind": kind, "volume_ml": round(ml, 1), "median_hu": round(float(np.median(image.array[region])), 1),
+            rows.append({"kind": kind, "volume_ml": round(ml, 1), "median_hu": round(float(np.median(image.array[box][region])), 1),
                          "centre_ras": [round(float(c), 1) for c in centre[:3]]})
     return rows
 

@@ -186,7 +186,7 @@ def seed_of(record: dict) -> int:
 
 def _fold_key(fold: dict) -> tuple:
     """Which run a card's fold entry is: rerunning the same fold, budget, precision and seed replaces it."""
-    return fold["scheme"], fold["fold"], fold["steps"], fold.get("precision", "fp32"), fold.get("seed", 0)
+    return fold["scheme"], fold["fold"], fold["steps"], fold.get("precision", "fp32"), fold["seed"]
 
 
 def attach_to_card(records: list, card_path: str | Path) -> int:
