@@ -3,7 +3,6 @@ grid → quality scores. The one call the CLI and the Slicer module share (no fi
 """
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -102,9 +101,14 @@ def parse_methods(text) -> list:
 
 def peak_memory(device: torch.device) -> dict:
     """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory (MiB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mib = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-    out = {"max_rss_mib": round(rss_mib, 1)}
+    out = {}
+    try:  # POSIX only: Windows has no `resource` module, and a missing figure must not stop a run
+        import resource
+    except ImportError:
+        resource = None
+    if resource is not None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["max_rss_mib"] = round(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1)
     if device.type == "cuda":
         out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
