@@ -31,3 +31,28 @@ def tiny_model_folder(folder, architecture: str = "residual_unet", seed: int = 0
     torch.manual_seed(seed)
     card = tiny_card(architecture, **card_kw)
     return save_model(build_network(card), card, folder)
+
+
+def import_pytorch_grad_cam():
+    """pytorch-grad-cam imports torchvision for image helpers these tests do not use; only CUDA torchvision
+    builds exist here, so a stand-in module satisfies those imports. The CAM formulas are pytorch-grad-cam's own."""
+    import sys
+    import types
+
+    import pytest
+
+    pytest.importorskip("cv2")
+    if "torchvision" not in sys.modules:
+        try:
+            import torchvision  # noqa: F401
+        except Exception:
+            tv = types.ModuleType("torchvision")
+            tv.transforms = types.ModuleType("torchvision.transforms")
+            tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
+            for name in ("Compose", "Normalize", "ToTensor"):
+                setattr(tv.transforms, name, object)
+            tv.transforms.functional.resize = None
+            tv.ops = types.ModuleType("torchvision.ops")
+            sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
+                                "torchvision.transforms.functional": tv.transforms.functional, "torchvision.ops": tv.ops})
+    return pytest.importorskip("pytorch_grad_cam")

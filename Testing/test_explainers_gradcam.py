@@ -1,4 +1,4 @@
-"""Seg-Grad-CAM, Seg-HiRes-Grad-CAM and Grad-CAM++: equalities, a hand computation, captum as oracle,
+"""Seg-Grad-CAM, Seg-HiRes-Grad-CAM and Grad-CAM++: pytorch-grad-cam and captum as oracles, an equality,
 ViT tokens mapped back to 3D, and (with the trained checkpoint) organ specificity on real CT."""
 from __future__ import annotations
 
@@ -31,41 +31,40 @@ def test_hirescam_equals_gradcam_when_gradient_is_spatially_constant():
     assert float(h.abs().max()) > 0 or float(g.abs().max()) > 0
 
 
-class _Square(nn.Module):
-    """y_c = v_c · Σ_k A_k² (so ∂y_c/∂A_k = 2 v_c A_k, known by hand)."""
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcampp"])
+def test_one_window_cams_match_pytorch_grad_cam(method):
+    # oracle: pytorch-grad-cam's own activation/gradient capture and its CAM formulas, on one window (the whole
+    # volume in one pass); Grad-CAM++ explains the region's mean logit (ours by definition)
+    from helpers import import_pytorch_grad_cam
 
-    def __init__(self, v) -> None:
-        super().__init__()
-        self.v = torch.tensor(v, dtype=torch.float32)
+    cams = import_pytorch_grad_cam()
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 
-    def forward(self, a):
-        return (a**2).sum(1, keepdim=True) * self.v.view(1, -1, 1, 1, 1)
-
-
-def test_gradcampp_matches_hand_computation():
-    c_k = np.array([0.5, -1.0, 2.0], dtype=np.float64)
-    v = [1.0, -0.5]
-    layer = nn.Conv3d(1, 3, 1, bias=False)
-    layer.weight.data = torch.tensor(c_k, dtype=torch.float32).view(3, 1, 1, 1, 1)
-    net = nn.Sequential(layer, _Square(v)).eval()
-    rng = np.random.default_rng(3)
-    x = rng.random((4, 5, 6))
-    mask = np.zeros(x.shape)
-    mask[1:3, 1:4, 2:5] = 1
-    cls = 0
-    # by hand: A_k = c_k x; g_k = 2 v_c A_k m; α = g²/(2g² + ΣA·g³); w_k = Σ α ReLU(g); cam = ReLU(Σ w_k A_k)
-    cam = np.zeros(x.shape)
-    for k in range(3):
-        a = c_k[k] * x
-        g = 2 * v[cls] * a * mask
-        denom = 2 * g**2 + a.sum() * g**3
-        alpha = np.where(denom != 0, g**2 / np.where(denom != 0, denom, 1), 0)
-        cam += (alpha * np.maximum(g, 0)).sum() * a
-    cam = np.maximum(cam, 0)
-    out = GradCAMPlusPlus("0").attribute(net, torch.tensor(x, dtype=torch.float32)[None, None], cls,
-                                         torch.tensor(mask, dtype=torch.float32)[None]).maps[0].numpy()
-    assert cam.max() > 0
-    np.testing.assert_allclose(out, cam, rtol=1e-4, atol=1e-5 * cam.max())
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv3d(1, 5, 3, padding=1), nn.PReLU(), nn.Conv3d(5, 4, 3, padding=1), nn.PReLU(),
+                        nn.Conv3d(4, 3, 1)).eval()
+    x = torch.rand(1, 1, 7, 8, 9)
+    mask = torch.zeros(1, 7, 8, 9)
+    mask[:, 2:6, 1:5, 3:8] = 1
+    capture = ActivationsAndGradients(net, [net[3]], None, detach=True)
+    out = capture(x)
+    score = (out[:, 1] * mask).sum() / (mask.sum() if method == "gradcampp" else 1)
+    net.zero_grad()
+    score.backward()
+    a, g = capture.activations[0].double().numpy(), capture.gradients[0].double().numpy()
+    capture.release()
+    if method == "hirescam":
+        oracle = cams.HiResCAM.get_cam_image(None, None, None, None, a, g, False)[0]
+    else:
+        K = 1e6 if method == "gradcampp" else 1.0  # shrinks pytorch-grad-cam's ε (see test_tiling.py)
+        cls = cams.GradCAMPlusPlus if method == "gradcampp" else cams.GradCAM
+        weights = cls.get_cam_weights(None, None, None, None, a / K, g * K)[0] / K
+        oracle = np.einsum("c,cdhw->dhw", weights, a[0])
+    oracle = np.maximum(oracle, 0)
+    ours = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcampp": GradCAMPlusPlus}[method]("3").attribute(
+        net, x, 1, mask).maps[0].numpy()
+    assert oracle.max() > 0
+    np.testing.assert_allclose(ours, oracle, rtol=1e-4, atol=1e-5 * oracle.max())
 
 
 def test_gradcam_matches_captum_layergradcam():

@@ -16,6 +16,8 @@ from SegXAILib.explainers.ig import completeness_error
 from SegXAILib.explainers.tiling import explain_tiled, window_starts
 from SegXAILib.inference import sliding_window_logits
 
+from helpers import import_pytorch_grad_cam
+
 torch.set_num_threads(1)
 
 
@@ -57,22 +59,175 @@ def test_whole_volume_ig_completeness_across_windows():
     assert err < 0.01
 
 
-@pytest.mark.parametrize("method", ["ig", "hirescam", "lrp"])
-def test_one_window_equals_many_windows(method):
-    # a pointwise network (1×1×1 convolutions): every window sees the same per-voxel function, so blending
-    # many overlapping windows must give exactly the single-window map
+# ---- the tiled map is the single-graph map of the blended function, for every method ---------------------
+# Oracle: MONAI's own sliding_window_inference run with gradients on, every window in one batch, so the whole
+# blended output F = Σ_M y_c is one autograd graph; channel weights from pytorch-grad-cam's own formulas on the
+# layer of all windows; IG from captum on that graph; LRP's rules applied to that graph. A per-window ReLU or
+# per-window channel weights (the old tiling) fail these by up to 73 % of the map's maximum.
+PATCH, OVERLAP, SHAPE = (8, 8, 8), 0.5, (14, 13, 12)
+
+
+def bn_net():
+    """A real convolutional net whose norm behaves alike in one pass and in windows (eval batch norm)."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv3d(1, 4, 1), nn.ReLU(), nn.Conv3d(4, 3, 1)).eval()
+    net = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(), nn.Conv3d(6, 6, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.ConvTranspose3d(6, 6, 2, stride=2), nn.ReLU(), nn.Conv3d(6, 3, 1))
     with torch.no_grad():
-        net[2].weight.abs_()  # positive head: HiResCAM evidence is not all ReLU'd away
-    image = np.random.default_rng(0).random((20, 18, 21)).astype(np.float32)
-    region = np.zeros(image.shape, dtype=bool)
-    region[3:15, 2:12, 5:19] = True
-    base = np.full(image.shape, 0.1, dtype=np.float32)
-    many, _ = explain_tiled(make_explainer(method, layer="1", steps=8), net, image, 1, region, (8, 8, 8), 0.5, baseline=base)
-    one, _ = explain_tiled(make_explainer(method, layer="1", steps=8), net, image, 1, region, (24, 24, 24), 0.5, baseline=base)
-    assert np.abs(one).max() > 0
-    np.testing.assert_allclose(many, one, rtol=1e-4, atol=1e-5 * np.abs(one).max())
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def problem():
+    image = np.random.default_rng(3).random(SHAPE).astype(np.float32)
+    region = np.zeros(SHAPE, dtype=bool)
+    region[2:9, 3:11, 1:7] = True
+    return image, region
+
+
+def one_graph(net, image, layer=None):
+    """(blended logits, every window's layer output stacked, window coordinates) from MONAI in one graph."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(image)[None, None]
+    captured, coords = [], []
+    handle = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: captured.append(o)) if layer else None
+
+    def predictor(window, where):
+        coords.extend(where)
+        return net(window)
+
+    try:
+        logits = sliding_window_inference(x, PATCH, 10_000, predictor, OVERLAP, mode="gaussian", with_coord=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits, (captured[0] if captured else None), coords
+
+
+def blend_like_monai(window_maps, image):
+    """MONAI's own Gaussian blend of given per-window maps (W, k, j, i), windows in MONAI's order."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(image)[None, None]
+    return sliding_window_inference(x, PATCH, 10_000, lambda w: window_maps[:, None], OVERLAP, mode="gaussian")[0, 0]
+
+
+def sum_windows_at(window_maps, coords, shape):
+    out = torch.zeros(shape, dtype=window_maps.dtype)
+    for m, where in zip(window_maps, coords):
+        out[tuple(where[2:])] += m
+    return out
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcampp"])
+def test_tiled_cam_equals_the_single_graph_cam(method):
+    import torch.nn.functional as F
+
+    cams = import_pytorch_grad_cam()
+    net, (image, region), layer = bn_net(), problem(), "4"
+    logits, act, coords = one_graph(net, image, layer)
+    assert act.shape[0] > 8  # really many overlapping windows
+    mask = torch.from_numpy(region)
+    score = (logits[0, 1] * mask).sum()
+    if method == "gradcampp":
+        score = score / mask.sum()  # Grad-CAM++ explains the region's mean logit
+    (grad,) = torch.autograd.grad(score, act)
+    a, g = act.detach().double().numpy(), grad.double().numpy()
+    W, C = a.shape[:2]
+    whole_a = np.concatenate(list(a), axis=1)[None]  # the layer of all windows: (1, C, W·d, h, w)
+    whole_g = np.concatenate(list(g), axis=1)[None]
+    if method == "hirescam":
+        per_window = cams.HiResCAM.get_cam_image(None, None, None, None, a, g, False)  # Σ_k g ⊙ A, per window
+    else:
+        if method == "gradcam":
+            weights = cams.GradCAM.get_cam_weights(None, None, None, None, whole_a, whole_g)[0]  # (C,)
+        else:
+            # pytorch-grad-cam adds ε = 1e-6 to α's denominator, which dominates for a mean target's small
+            # gradients; α is unchanged when A is divided and g multiplied by K (g² and ΣA·g³ both gain K²),
+            # which shrinks that ε to ε/K², and the weights Σ α·ReLU(g) gain K
+            K = 1e6
+            weights = cams.GradCAMPlusPlus.get_cam_weights(None, None, None, None, whole_a / K, whole_g * K)[0] / K
+        per_window = np.einsum("c,wcdhv->wdhv", weights, a)
+    up = F.interpolate(torch.from_numpy(np.ascontiguousarray(per_window))[:, None].float(), size=PATCH, mode="trilinear",
+                       align_corners=False)[:, 0]
+    assembled = sum_windows_at(up, coords, SHAPE) if method == "hirescam" else blend_like_monai(up, image)
+    oracle = torch.relu(assembled).numpy()
+    ours, totals = explain_tiled(make_explainer(method, layer=layer), net, image, 1, region, PATCH, OVERLAP)
+    assert oracle.max() > 0
+    if method != "gradcampp":  # (Grad-CAM++'s weights of a post-ReLU layer are all positive: nothing to cut)
+        assert (oracle == 0).any()  # the ReLU really cuts
+    np.testing.assert_allclose(ours, oracle, rtol=1e-4, atol=1e-5 * oracle.max())
+    assert totals["score"] == pytest.approx(float((logits[0, 1] * mask).sum().detach()), rel=1e-4)
+
+
+def test_tiled_ig_equals_captum_on_the_single_graph():
+    captum_attr = pytest.importorskip("captum.attr")
+    net, (image, region) = bn_net(), problem()
+    mask = torch.from_numpy(region)
+    base = np.full(SHAPE, 0.2, dtype=np.float32)
+
+    def blended(x):  # x: (N, 1, k, j, i); MONAI's blend of every window, in one graph
+        from monai.inferers import sliding_window_inference
+
+        y = sliding_window_inference(x, PATCH, 10_000, net, OVERLAP, mode="gaussian")
+        return (y[:, 1] * mask).flatten(1).sum(1)
+
+    x, b = torch.from_numpy(image)[None, None], torch.from_numpy(base)[None, None]
+    oracle = captum_attr.IntegratedGradients(blended).attribute(x, b, n_steps=8, method="gausslegendre")[0, 0].numpy()
+    ours, totals = explain_tiled(make_explainer("ig", steps=8), net, image, 1, region, PATCH, OVERLAP, baseline=base)
+    np.testing.assert_allclose(ours, oracle, rtol=1e-4, atol=1e-5 * np.abs(oracle).max())
+    assert completeness_error(totals) < 0.05
+
+
+def test_tiled_lrp_equals_lrp_of_the_single_graph():
+    from SegXAILib.explainers.lrp import LRP
+
+    net, (image, region) = bn_net(), problem()
+
+    class Blended(nn.Module):  # the blended sliding-window output as one module, so LRP sees one graph
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            from monai.inferers import sliding_window_inference
+
+            return sliding_window_inference(x, PATCH, 10_000, self.net, OVERLAP, mode="gaussian")
+
+    x = torch.from_numpy(image)[None, None]
+    oracle = LRP("epsilon").attribute(Blended(), x, 1, torch.from_numpy(region)[None].float()).maps[0].numpy()
+    ours, _ = explain_tiled(LRP("epsilon"), net, image, 1, region, PATCH, OVERLAP)
+    assert np.abs(oracle).max() > 0
+    np.testing.assert_allclose(ours, oracle, rtol=1e-4, atol=1e-5 * np.abs(oracle).max())
+
+
+def test_tiled_cam_differs_from_per_window_cams():
+    # the control for the oracle tests above: per-window weights and ReLUs (the old tiling) are measurably wrong
+    net, (image, region) = bn_net(), problem()
+    whole, _ = explain_tiled(make_explainer("hirescam", layer="4"), net, image, 1, region, PATCH, OVERLAP)
+    from SegXAILib.explainers.tiling import Tiles
+
+    tiles = Tiles(net, image, 1, region, PATCH, OVERLAP)
+    old = np.zeros(tiles.shape, dtype=np.float32)
+    for n in range(len(tiles)):
+        if tiles.has_target(n):
+            cam = make_explainer("hirescam", layer="4").attribute(net, tiles.tensor(tiles.image, n), 1, tiles.share(n))
+            old[tiles.window(n)] += cam.maps[0].numpy()
+    assert np.abs(tiles.crop(old) - whole).max() > 0.05 * whole.max()
+
+
+def test_gradcampp_does_not_depend_on_the_scale_of_the_target():
+    net, (image, region) = bn_net(), problem()
+    x = torch.from_numpy(image[:8, :8, :8].copy())[None, None]
+    w = torch.from_numpy(region[:8, :8, :8].astype(np.float32))[None]
+    cam = make_explainer("gradcampp", layer="4")
+    full, small = cam.attribute(net, x, 1, w).maps, cam.attribute(net, x, 1, w * 1e-3).maps
+    assert full.max() > 0
+    np.testing.assert_allclose(small.numpy(), full.numpy(), rtol=1e-4, atol=1e-6 * float(full.max()))
+    gradcam = make_explainer("gradcam", layer="4")  # Grad-CAM is linear in the target: ×1e-3 scales the map
+    np.testing.assert_allclose(gradcam.attribute(net, x, 1, w * 1e-3).maps.numpy(),
+                               1e-3 * gradcam.attribute(net, x, 1, w).maps.numpy(), rtol=1e-3, atol=1e-9)
 
 
 # ---- every map on the input's exact grid -------------------------------------------------------

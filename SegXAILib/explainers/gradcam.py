@@ -1,31 +1,37 @@
-"""Class-activation maps for segmentation (Seg-Grad-CAM, Vinogradova et al. 2020): the target is the sum of
-a class's logit over a region M, explained at one named layer, and the map is upsampled to the input.
+"""Class-activation maps for segmentation, defined for the whole volume F = Σ_{u∈M} y_c(u) (see ``tiling.py``).
 
-- ``gradcam``: w_k = mean over all three spatial axes of ∂y/∂A_k; map = ReLU(Σ_k w_k A_k).
-- ``hirescam`` (Seg-HiRes-Grad-CAM, Draelos & Carin 2020): map = ReLU(Σ_k ∂y/∂A_k ⊙ A_k). Sign choice: the
-  element-wise products are summed over channels first and ReLU'd once, as HiResCAM defines it, so a location
-  keeps its net evidence; where the gradient is spatially constant this is exactly Grad-CAM.
-- ``gradcampp`` (Grad-CAM++, Chattopadhyay et al. 2018, closed form for an exponential score):
-  α = g² / (2g² + Σ_xyz A · g³), w_k = Σ_xyz α · ReLU(g), map = ReLU(Σ_k w_k A_k), over all three axes.
-  Its derivation assumes non-negative (post-ReLU) activations. MONAI's residual units end in an addition
-  after the activation, so about a third of the default layer's values are negative (measured on the
-  bundled U-Net). Then every w_k > 0 and the map follows the overall activation rather than the target: 3 %
-  of its energy falls in the liver on patient B, against 70 % for Grad-CAM at the same layer; deeper
-  layers do no better (12–33 %). This is the method, not a bug: a test checks the formula against a hand
-  computation. Prefer Grad-CAM or HiResCAM on these networks.
-Maps are not normalised: values keep the target's units so windows can be summed.
+The layer A of a tiled volume is every window's activation at the named layer; g = ∂(target)/∂A through
+the Gaussian blend. Each map is assembled over all windows (blended as the logits are) *before* its ReLU:
+- ``gradcam`` (Seg-Grad-CAM, Vinogradova et al. 2020): w_k = mean over the whole layer of g_k;
+  map = ReLU(Σ_w (g_w/G) · Σ_k w_k A_{w,k}).
+- ``hirescam`` (Seg-HiRes-Grad-CAM, Draelos & Carin 2020): map = ReLU(Σ_w Σ_k g_{w,k} ⊙ A_{w,k}); the windows'
+  products are summed (g already carries each window's share), so Σ before the ReLU is the layer's
+  first-order Taylor term of F.
+- ``gradcampp`` (Grad-CAM++, Chattopadhyay et al. 2018, closed form for an exponential score): of the region's
+  *mean* logit F/|M|, so the map does not depend on the region's size or on a scaling of the target weights;
+  α = g² / (2g² + Σ_layer A · g³), w_k = Σ_layer α · ReLU(g), map = ReLU(Σ_w (g_w/G) · Σ_k w_k A_{w,k}).
+  Its derivation assumes non-negative activations, which MONAI's residual units (an addition after the
+  activation) do not have; BENCHMARKS.md measures where it puts its energy on the bundled models.
+Raw values are kept (no rescaling): a CAM's unit is the target's per layer activation. ``diagnostics`` in the
+totals say when a map is (almost) empty and how many channel weights are negative, so a front door can warn.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
-from .base import Attribution, Explainer, LayerCapture, target_score, upsample
+from .base import Attribution, Explainer, LayerCapture, target_score, to_grid, upsample
+
+#: a map whose positive voxels are fewer than this fraction of the volume is reported as (almost) empty
+EMPTY_FRACTION = 0.01
 
 
 class _LayerCAM(Explainer):
     uses_layer = True
+    #: whether windows are blended with g_w/G (activation-weighted maps) or summed (gradient-weighted maps)
+    blended = True
 
     def __init__(self, layer: str) -> None:
         self.layer = layer
@@ -33,47 +39,114 @@ class _LayerCAM(Explainer):
     def params(self) -> dict:
         return {"layer": self.layer}
 
-    def combine(self, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """(B, C, d, h, w) activation and gradient → (B, d, h, w) map before upsampling."""
-        raise NotImplementedError
+    # -- the definition, on a stack of windows' activations and gradients (W, C, d, h, w) ---------------------
+    def channel_weights(self, acts: list, grads: list) -> Optional[torch.Tensor]:
+        """Whole-layer channel weights (C,), or None for a method without them (HiResCAM)."""
+        return None
 
+    def window_map(self, act: torch.Tensor, grad: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        """(C, d, h, w) → (d, h, w) map of one window before the ReLU."""
+        return (weights.view(-1, 1, 1, 1) * act).sum(0)
+
+    def target_scale(self, region_weight: float) -> float:
+        """Factor from F to the method's target (1 for F itself; 1/|M| for the region's mean)."""
+        return 1.0
+
+    # -- per batch: each batch item a volume of its own (the captum-style call) -------------------------------
     def attribute(self, network, inputs, class_index, weights, baseline: Optional[torch.Tensor] = None) -> Attribution:
-        x = inputs.detach().requires_grad_(True)  # a graph even when the weights are frozen
-        with torch.enable_grad(), LayerCapture(network, self.layer) as cap:
-            score = target_score(network(x), class_index, weights).sum()
-            act, grad = cap.activation_and_gradient(score)
-        maps = upsample(self.combine(act, grad), inputs.shape[2:])
-        return Attribution(maps, {"score": float(score.detach())})
+        maps, scores = [], []
+        for b in range(inputs.shape[0]):
+            x = inputs[b:b + 1].detach().requires_grad_(True)  # a graph even when the weights are frozen
+            with torch.enable_grad(), LayerCapture(network, self.layer) as cap:
+                score = target_score(network(x), class_index, weights[b:b + 1]).sum()
+                act, grad = cap.activation_and_gradient(score)
+            grad = grad * self.target_scale(float(weights[b].sum()))
+            w = self.channel_weights([act[0]], [grad[0]])
+            maps.append(torch.relu(upsample(self.window_map(act[0], grad[0], w)[None], inputs.shape[2:])[0]))
+            scores.append(float(score.detach()))
+        return Attribution(torch.stack(maps), {"score": sum(scores)})
+
+    # -- the whole tiled volume -------------------------------------------------------------------------------
+    def _layer_pass(self, tiles):
+        """Every window's layer activation, and its gradient where the window holds target voxels (fp32, CPU)."""
+        acts, grads, score = [], [], 0.0
+        scale = self.target_scale(float(tiles.region_voxels))
+        for n in range(len(tiles)):
+            x = tiles.tensor(tiles.image, n)
+            with LayerCapture(tiles.network, self.layer) as cap, tiles.autocast():
+                if tiles.has_target(n):
+                    with torch.enable_grad():
+                        s = target_score(tiles.network(x.requires_grad_(True)), tiles.class_index, tiles.share(n)).sum()
+                        act, grad = cap.activation_and_gradient(s)
+                    score += float(s.detach())
+                    grad = grad[0].cpu() * scale
+                else:
+                    with torch.no_grad():
+                        tiles.network(x)
+                    act = to_grid(tiles.network, cap.output.detach().float())
+                    grad = torch.zeros_like(act[0], device="cpu")
+            acts.append(act[0].cpu())
+            grads.append(grad)
+            tiles.step(n + 1, 2 * len(tiles))
+        return acts, grads, score
+
+    def explain_tiles(self, tiles):
+        acts, grads, score = self._layer_pass(tiles)
+        weights = self.channel_weights(acts, grads)
+        out = np.zeros(tiles.shape, dtype=np.float32)
+        for n, (act, grad) in enumerate(zip(acts, grads)):
+            m = upsample(self.window_map(act, grad, weights)[None], tiles.patch)[0].numpy()
+            out[tiles.window(n)] += m * tiles.blend(n) if self.blended else m
+            tiles.step(len(tiles) + n + 1, 2 * len(tiles))
+        out = np.maximum(out, 0.0)
+        return out, {"score": score, **self.diagnostics(tiles.crop(out), weights)}
+
+    @staticmethod
+    def diagnostics(cam: np.ndarray, weights: Optional[torch.Tensor]) -> dict:
+        """How empty the map is and how many channel weights are negative (summed over tiles as they are)."""
+        positive = float(np.count_nonzero(cam > 0)) / max(cam.size, 1)
+        out = {"positive_fraction": positive, "empty": positive < EMPTY_FRACTION}
+        if weights is not None:
+            out["negative_weights"] = int((weights < 0).sum())
+            out["channels"] = int(weights.numel())
+        return out
 
 
 class GradCAM(_LayerCAM):
-    """Seg-Grad-CAM: channel weights from the spatial mean of the gradient."""
+    """Seg-Grad-CAM: channel weights from the mean of the gradient over the whole layer."""
 
     name = "gradcam"
 
-    def combine(self, act, grad):
-        w = grad.mean(dim=(2, 3, 4), keepdim=True)
-        return torch.relu((w * act).sum(1))
+    def channel_weights(self, acts, grads):
+        total = sum(g.sum(dim=(1, 2, 3)) for g in grads)
+        positions = sum(g[0].numel() for g in grads)
+        return total / positions
 
 
 class HiResCAM(_LayerCAM):
-    """Seg-HiRes-Grad-CAM: gradient ⊙ activation, summed over channels, then ReLU."""
+    """Seg-HiRes-Grad-CAM: gradient ⊙ activation, summed over channels and windows, then ReLU."""
 
     name = "hirescam"
+    blended = False
 
-    def combine(self, act, grad):
-        return torch.relu((grad * act).sum(1))
+    def window_map(self, act, grad, weights):
+        return (grad * act).sum(0)
 
 
 class GradCAMPlusPlus(_LayerCAM):
-    """Grad-CAM++ with its closed-form α over all three spatial axes."""
+    """Grad-CAM++ of the region's mean logit, with its closed-form α over the whole layer."""
 
     name = "gradcampp"
 
-    def combine(self, act, grad):
-        g2, g3 = grad**2, grad**3
-        sum_act = act.sum(dim=(2, 3, 4), keepdim=True)
-        denom = 2 * g2 + sum_act * g3
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-        w = (alpha * torch.relu(grad)).sum(dim=(2, 3, 4), keepdim=True)
-        return torch.relu((w * act).sum(1))
+    def target_scale(self, region_weight):
+        return 1.0 / region_weight if region_weight > 0 else 0.0
+
+    def channel_weights(self, acts, grads):
+        sum_act = sum(a.sum(dim=(1, 2, 3)) for a in acts).view(-1, 1, 1, 1)
+        total = 0.0
+        for g in grads:
+            g2 = g * g
+            denom = 2 * g2 + sum_act * g2 * g
+            alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
+            total = total + (alpha * torch.relu(g)).sum(dim=(1, 2, 3))
+        return total
