@@ -1,17 +1,15 @@
 """SegXAI 3D Slicer module: segment a CT and explain the segmentation, results shown in the scene.
 
 A thin front door: widgets, parameters and the background process live here; every decision (segmentation,
-explanation, which nodes, colours, windows, metrics) is made in SegXAILib (``scene``, ``slicer_run``).
+explanation, which nodes, colours, windows, metrics, what to install, which volume a result belongs to, plain
+names) is made in SegXAILib (``scene``, ``slicer_run``, ``module_logic``, ``dependencies``, ``score_labels``).
+Nothing here imports torch or MONAI: the panel must open on a fresh Slicer before they are installed.
 """
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +17,7 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -28,9 +26,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Python packages SegXAILib needs besides what Slicer ships (numpy and SimpleITK are never reinstalled)
-REQUIREMENTS = {"monai": "monai>=1.3", "safetensors": "safetensors", "slicerio": "slicerio", "nrrd": "pynrrd", "tqdm": "tqdm"}
-LOAD_MODEL_ITEM = "Load model…"
+from SegXAILib.module_logic import DEVICE_CHOICES, LOAD_MODEL_ITEM, REGION_CHOICES
+
+#: lines kept in the log box
+LOG_LINES = 500
 
 
 # ---- Module -------------------------------------------------------------------------------------
@@ -44,13 +43,26 @@ class SegXAI(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegXAI developers"]
         self.parent.helpText = (
-            "Segment a CT volume with a bundled 3D U-Net and explain the segmentation (Grad-CAM, HiResCAM, "
-            "Grad-CAM++, integrated gradients, LRP). Maps are shown over the CT on its exact grid. "
+            "Segment a CT volume with a bundled 3D U-Net or TransUNet and explain the segmentation (Grad-CAM, "
+            "HiResCAM, Grad-CAM++, integrated gradients, LRP). Maps are shown over the CT on its exact grid. "
             "Research and education only; not for clinical use."
         )
         self.parent.acknowledgementText = (
             "Sample CT and reference labels: TotalSegmentator test data (Wasserthal et al., Radiology: AI 2023), CC BY 4.0."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The bundled CT in the Sample Data module (category SegXAI)."""
+    import SampleData
+
+    from SegXAILib import module_logic
+
+    thumbnail = Path(__file__).resolve().parent / "Resources" / "Icons" / "SegXAI.png"
+    source = module_logic.sample_data_source(thumbnail)
+    register = SampleData.SampleDataLogic.registerCustomSampleDataSource
+    register(**module_logic.accepted(register, **source))
 
 
 # ---- Parameters ---------------------------------------------------------------------------------
@@ -59,13 +71,14 @@ class SegXAIParameterNode:
     """The module's settings, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    device: str = "auto"
+    outputSegmentation: vtkMRMLSegmentationNode
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     gradcam: bool = True
     hirescam: bool = False
     gradcampp: bool = False
     ig: bool = False
     lrp: bool = False
-    region: str = "predicted"
+    region: Annotated[str, Choice(list(REGION_CHOICES))] = "predicted"
     regionPoint: vtkMRMLMarkupsFiducialNode
     regionRadius: Annotated[float, WithinRange(1.0, 100.0)] = 10.0
     layer: str = ""
@@ -80,7 +93,7 @@ METHOD_FIELDS = ("gradcam", "hirescam", "gradcampp", "ig", "lrp")
 
 # ---- Widget -------------------------------------------------------------------------------------
 class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: collects settings, starts/cancels the background run, shows progress and results."""
+    """The panel: collects settings, starts/cancels the background run, shows progress, log and results."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -89,6 +102,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._modelPaths = {}
+        self._lastModel = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self.onPoll)
@@ -110,6 +124,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.regionComboBox.connect("currentIndexChanged(int)", self.updateRegionWidgets)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.referenceSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMetrics)
         self.ui.regionSegmentSelector.setMRMLScene(slicer.mrmlScene)
         self.populateModels()
@@ -155,48 +170,53 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self.logic.running:
+        if self.logic.busy:
             return
         p = self._parameterNode
-        ok = bool(p and p.inputVolume and self.ui.modelComboBox.currentText != LOAD_MODEL_ITEM)
+        ok = bool(p and p.inputVolume and self.selectedModel() is not None)
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = "Segment and explain" if ok else "Select an input volume and a model"
 
     # -- models and targets --
-    def populateModels(self) -> None:
+    def populateModels(self, select: Optional[str] = None) -> None:
+        from SegXAILib import module_logic
         from SegXAILib.models.store import bundled_models, default_model_name
 
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
-        for name in bundled_models():
+        for name in module_logic.model_items(bundled_models(), self._modelPaths):
             self.ui.modelComboBox.addItem(name)
-        for name in self._modelPaths:
-            self.ui.modelComboBox.addItem(name)
-        self.ui.modelComboBox.addItem(LOAD_MODEL_ITEM)
         try:
-            self.ui.modelComboBox.setCurrentText(default_model_name())
-        except Exception:
+            self.ui.modelComboBox.setCurrentText(select or default_model_name())
+        except Exception:  # no bundled model: the list holds only "Load model…"
             pass
         self.ui.modelComboBox.blockSignals(False)
         self.onModelChanged()
 
     def selectedModel(self) -> Optional[str]:
-        text = self.ui.modelComboBox.currentText
-        return None if text == LOAD_MODEL_ITEM else self._modelPaths.get(text, text)
+        from SegXAILib import module_logic
+
+        return module_logic.model_choice(self.ui.modelComboBox.currentText, self._modelPaths)
 
     def onLoadModel(self) -> None:
+        """Choose a model folder (card.json + weights) and add it to the list; cancelled: back to the last model."""
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model folder (card.json + weights)")
         if not folder:
+            self.populateModels(select=self._lastModel)
             return
         with slicer.util.tryWithErrorDisplay("Failed to read the model card.", waitCursor=True):
             from SegXAILib.models.card import ModelCard
 
             card = ModelCard.load(Path(folder) / "card.json")
             self._modelPaths[card.name] = folder
-            self.populateModels()
-            self.ui.modelComboBox.setCurrentText(card.name)
+            self.populateModels(select=card.name)
 
     def onModelChanged(self, index=None) -> None:
+        if self.ui.modelComboBox.currentText == LOAD_MODEL_ITEM and self.ui.modelComboBox.count() > 1:
+            qt.QTimer.singleShot(0, self.onLoadModel)  # after the combo box has closed
+            return
+        if self.ui.modelComboBox.currentText != LOAD_MODEL_ITEM:
+            self._lastModel = self.ui.modelComboBox.currentText
         self.ui.targetClassComboBox.clear()
         model = self.selectedModel()
         if model is not None:
@@ -217,67 +237,97 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- run --
     def onApplyButton(self) -> None:
-        if self.logic.running:
+        if self.logic.busy:
             self.logic.cancel()
-            self.onFinished(cancelled=True)
+            self.onFinished("cancelled")
             return
         with slicer.util.tryWithErrorDisplay("SegXAI could not start.", waitCursor=True):
-            if not self.logic.setupPythonRequirements(askConfirmation=True):
+            commands, message = self.logic.installPlan()
+            if commands:
+                if not slicer.util.confirmOkCancelDisplay(message):
+                    return
+                self.logic.startInstall(commands)
+                self._showBusy("installing Python packages… (the panel stays usable)")
                 return
             p = self._parameterNode
             methods = [m for m in METHOD_FIELDS if getattr(p, m)]
+            workDir = self.logic.newWorkDir()
             region = self.logic.regionText(p.region, p.inputVolume, self.ui.regionSegmentSelector.currentNode(),
-                                           self.ui.regionSegmentSelector.currentSegmentID(), p.regionPoint, p.regionRadius)
+                                           self.ui.regionSegmentSelector.currentSegmentID(), p.regionPoint,
+                                           p.regionRadius, workDir)
             self.logic.start(p.inputVolume, self.selectedModel(), p.device, methods, self.ui.targetClassComboBox.currentText,
                              region, p.layer, p.igSteps, p.computeQuality)
-            self.ui.applyButton.text = "Cancel"
-            self.ui.progressBar.visible = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "starting…"
-            self._timer.start()
+            self._showBusy("starting…")
+
+    def _showBusy(self, text: str) -> None:
+        self.ui.applyButton.text = "Cancel"
+        self.ui.applyButton.enabled = True
+        self.ui.progressBar.visible = True
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = text
+        self._timer.start()
+
+    def _log(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text.rstrip("\r\n"))
 
     def onPoll(self) -> None:
         for kind, payload in self.logic.poll():
-            if kind == "progress":
+            if kind == "log":
+                self._log(payload)
+            elif kind == "progress":
                 stage, fraction = payload
                 self.ui.statusLabel.text = stage
                 self.ui.progressBar.value = int(round(100 * fraction))
+            elif kind == "installed":
+                self.onFinished("Python packages installed; press Apply to run")
+                return
             elif kind == "error":
-                self.onFinished()
+                self.onFinished("failed")
                 slicer.util.errorDisplay(f"SegXAI failed: {payload}")
                 return
             elif kind == "done":
-                self.onFinished()
+                volumeNode = self.logic.processedVolume()
+                self.onFinished("")
                 with slicer.util.tryWithErrorDisplay("SegXAI could not show its results.", waitCursor=True):
-                    self.logic.showResults(payload, self._parameterNode.inputVolume, self._parameterNode.opacity)
-                    self.updateResults()
+                    self.logic.showResults(payload, volumeNode, self._parameterNode.opacity,
+                                           self._parameterNode.outputSegmentation)
+                    self.updateResults(volumeNode)
                 return
             elif kind == "exit":
-                self.onFinished()
+                self.onFinished("failed")
                 slicer.util.errorDisplay(f"SegXAI's background process ended unexpectedly: {payload}")
                 return
 
-    def onFinished(self, cancelled: bool = False) -> None:
+    def onFinished(self, status: str = "") -> None:
         self._timer.stop()
         self.ui.applyButton.text = "Apply"
         self.ui.progressBar.visible = False
-        self.ui.statusLabel.text = "cancelled" if cancelled else ""
+        self.ui.statusLabel.text = status
         self._checkCanApply()
 
     # -- results --
-    def updateResults(self) -> None:
+    def onInputChanged(self, node=None) -> None:
+        self.updateResults(node)
+
+    def updateResults(self, volumeNode=None) -> None:
+        """Overlays, scores, plain-words summary and metrics of the job that processed ``volumeNode``."""
+        volumeNode = volumeNode or self.ui.inputVolumeSelector.currentNode()
         self.ui.overlayComboBox.blockSignals(True)
         self.ui.overlayComboBox.clear()
-        for node in self.logic.mapNodes(self._parameterNode.inputVolume):
+        for node in self.logic.mapNodes(volumeNode):
             self.ui.overlayComboBox.addItem(node.GetName(), node.GetID())
         self.ui.overlayComboBox.blockSignals(False)
-        if self.logic.scoresTable is not None:
-            self.ui.scoresTableView.setMRMLTableNode(self.logic.scoresTable)
-        self.updateMetrics()
+        self.ui.runSummaryLabel.text = self.logic.summary(volumeNode)
+        table, legend = self.logic.scoresTableFor(volumeNode)
+        self.ui.scoresTableView.setMRMLTableNode(table)
+        self.ui.scoresTableView.toolTip = "\n".join(f"{name}: {good}" for name, good in legend)
+        self.updateMetrics(self.ui.referenceSegmentationSelector.currentNode(), volumeNode)
 
-    def updateMetrics(self, node=None) -> None:
+    def updateMetrics(self, referenceNode=None, volumeNode=None) -> None:
+        """Metrics against the reference chosen now (the signal's node: the parameter node may not know it yet)."""
+        volumeNode = volumeNode or self.ui.inputVolumeSelector.currentNode()
         with slicer.util.tryWithErrorDisplay("Could not compare with the reference segmentation."):
-            table = self.logic.updateMetrics(self._parameterNode.inputVolume, self._parameterNode.referenceSegmentation)
+            table = self.logic.updateMetrics(volumeNode, referenceNode)
             self.ui.metricsTableView.setMRMLTableNode(table)
 
     def onOverlayChanged(self, index) -> None:
@@ -285,7 +335,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is not None:
             from SegXAILib import scene
 
-            scene.show_overlay(self._parameterNode.inputVolume, node, self._parameterNode.opacity)
+            scene.show_overlay(self.ui.inputVolumeSelector.currentNode(), node, self._parameterNode.opacity)
 
     def onOpacityChanged(self, value) -> None:
         from SegXAILib import scene
@@ -295,50 +345,49 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 # ---- Logic --------------------------------------------------------------------------------------
 class SegXAILogic(ScriptedLoadableModuleLogic):
-    """Dependencies, the background process (PythonSlicer child, reader thread, kill on cancel), and loading
-    its results through SegXAILib.scene. Usable without the widget (see SegXAITest)."""
+    """Dependencies, the background process (PythonSlicer child; Cancel kills its whole tree), and loading its
+    results through SegXAILib.scene onto the volume that was processed. Usable without the widget (SegXAITest)."""
 
     def __init__(self) -> None:
+        from SegXAILib.module_logic import JobBook
+
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process = None
-        self._queue = queue.Queue()
+        self._job = None  # the running BackgroundJob (a run or an installation)
+        self._installing = False
         self._workDir = None
-        self._job = None
-        self.scoresTable = None
+        self.book = JobBook()
+        self.scoresTables = {}
 
     def getParameterNode(self):
         return SegXAIParameterNode(super().getParameterNode())
 
     # -- dependencies --
-    @staticmethod
-    def missingRequirements() -> list:
-        import importlib.util
+    def installPlan(self) -> tuple:
+        """(commands, message) that install what is missing; no commands when all is there."""
+        from SegXAILib import dependencies, process_tree
 
-        return [pip for module, pip in REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+        return dependencies.plan(process_tree.python_executable(), Path(tempfile.gettempdir()) / "segxai-install")
 
-    def setupPythonRequirements(self, askConfirmation: bool = True) -> bool:
-        """PyTorch through the PyTorch extension, the rest through pip (never numpy or SimpleITK); asks first."""
-        import importlib.util
+    def startInstall(self, commands: list) -> None:
+        from SegXAILib.process_tree import BackgroundJob
 
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise RuntimeError("SegXAI needs the PyTorch extension: install 'PyTorch' from the Extensions Manager and restart Slicer")
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                        "SegXAI needs PyTorch. Install it now? This downloads about 1–3 GB and may take several minutes."):
-                    return False
-                if torchLogic.installTorch(askConfirmation=False) is None:
-                    raise RuntimeError("PyTorch could not be installed; see the PyTorch Utils module")
-        missing = self.missingRequirements()
-        if missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    f"SegXAI needs these Python packages: {', '.join(missing)}. Install them now?"):
-                return False
-            slicer.util.pip_install(" ".join(missing) + " --no-deps")
-        return True
+        self._installing = True
+        self._job = BackgroundJob(commands).start()
+
+    def setupPythonRequirements(self) -> None:
+        """Install what is missing and wait (for SegXAITest and scripts; the panel installs in the background)."""
+        import time
+
+        commands, _ = self.installPlan()
+        if not commands:
+            return
+        self.startInstall(commands)
+        while self.busy:
+            for kind, payload in self.poll():
+                if kind in ("error", "exit"):
+                    raise RuntimeError(f"SegXAI could not install its Python packages: {payload}")
+            slicer.app.processEvents()
+            time.sleep(0.2)
 
     # -- settings → child options --
     @staticmethod
@@ -350,8 +399,8 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
         return [c.name for c in card.foreground]
 
     @staticmethod
-    def regionText(region, volumeNode, segmentationNode, segmentId, pointNode, radius) -> str:
-        """The region as SegXAILib's region string; a segment is exported as a mask file on the input grid."""
+    def regionText(region, volumeNode, segmentationNode, segmentId, pointNode, radius, workDir) -> str:
+        """The region as SegXAILib's region string; a segment is exported as a mask file into the job's folder."""
         from SegXAILib.errors import SegXAIError
 
         if region == "point":
@@ -362,116 +411,136 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
         if region == "segment":
             if segmentationNode is None or not segmentId:
                 raise SegXAIError("choose a segment for the region")
-            from SegXAILib.volume import write_volume
             from SegXAILib import scene
+            from SegXAILib.volume import write_volume
 
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-            path = Path(tempfile.mkdtemp(prefix="segxai-region-")) / "region.nrrd"
+            path = Path(workDir) / "region.nrrd"
             write_volume(scene.volume_from_node(volumeNode).like(mask.astype("uint8")), path, overwrite=True)
             return f"mask:{path}"
         return region or "predicted"
 
     # -- background process --
     @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def busy(self) -> bool:
+        return self._job is not None and self._job.running
 
-    @staticmethod
-    def pythonSlicerExecutable() -> str:
-        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-        path = os.path.join(os.path.dirname(sys.executable), name)
-        return path if os.path.exists(path) else (shutil.which("PythonSlicer") or sys.executable)
+    running = busy
 
-    def start(self, volumeNode, model, device, methods, target, region, layer, steps, quality) -> None:
-        """Write the input to a temp folder and start the child; progress comes through :meth:`poll`."""
-        from SegXAILib import scene, slicer_run
-        from SegXAILib.volume import write_volume
-
-        if self.running:
-            raise RuntimeError("SegXAI is already running")
+    def newWorkDir(self) -> str:
+        """A fresh temporary folder for the next job (input, region mask, outputs); removed after the job."""
         self.cleanupWorkDir()
         self._workDir = tempfile.mkdtemp(prefix="segxai-")
-        inputPath = os.path.join(self._workDir, "input.nrrd")
+        return self._workDir
+
+    def start(self, volumeNode, model, device, methods, target, region, layer, steps, quality) -> None:
+        """Write the input into the job's folder and start the child; progress comes through :meth:`poll`."""
+        from SegXAILib import process_tree, scene, slicer_run
+        from SegXAILib.process_tree import BackgroundJob
+        from SegXAILib.volume import write_volume
+
+        if self.busy:
+            raise RuntimeError("SegXAI is already running")
+        workDir = self._workDir or self.newWorkDir()
+        inputPath = os.path.join(workDir, "input.nrrd")
         write_volume(scene.volume_from_node(volumeNode), inputPath, overwrite=True)
         options = slicer_run.options_from(inputPath, model, device, methods, target or None, region, layer or None,
                                           steps if "ig" in methods else None, quality)
         options["input_name"] = volumeNode.GetName()
-        command = slicer_run.child_command(self.pythonSlicerExecutable(), options, os.path.join(self._workDir, "out"))
-        self._queue = queue.Queue()
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         bufsize=1, universal_newlines=True)
-        threading.Thread(target=self._readOutput, args=(self._process, self._queue), daemon=True).start()
-
-    @staticmethod
-    def _readOutput(process, lines) -> None:
-        for line in process.stdout:
-            lines.put(line)
-        process.wait()
-        lines.put(None)
+        command = slicer_run.child_command(process_tree.python_executable(), options, os.path.join(workDir, "out"))
+        self.book.started(volumeNode.GetID())
+        self._installing = False
+        self._job = BackgroundJob([command]).start()
 
     def poll(self) -> list:
-        """Events since the last call: ('progress', (stage, fraction)), ('done', manifest), ('error', text), ('exit', code)."""
+        """Events since the last call: ('log', line), ('progress', (stage, fraction)), ('done', manifest),
+        ('error', text), ('exit', text), ('installed', None)."""
         from SegXAILib import slicer_run
 
+        if self._job is None:
+            return []
         events = []
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                code = self._process.returncode if self._process else None
-                if not any(k in ("done", "error") for k, _ in events) and code not in (0, None):
-                    events.append(("exit", f"exit code {code}"))
-                break
-            kind, payload = slicer_run.parse_line(line)
-            if kind == slicer_run.LOG:
-                print(payload)
-            else:
-                events.append((kind, payload))
+        for kind, payload in self._job.poll():
+            if kind == "line":
+                parsed = slicer_run.parse_line(payload)
+                events.append(parsed if parsed[0] != slicer_run.LOG else ("log", parsed[1]))
+            elif kind == "finished" and self._installing:
+                events.append(("installed", None))
+            elif kind == "failed" and not any(k in ("done", "error") for k, _ in events):
+                argv, code = payload
+                events.append(("exit", f"{os.path.basename(str(argv[0]))} {' '.join(map(str, argv[1:3]))} … exit code {code}"))
+        if any(k in ("done", "error") for k, _ in events):
+            self._job.release()  # its last line came; the child exits by itself
+        if any(k in ("error", "exit") for k, _ in events):
+            self.book.finished()
+            self.cleanupWorkDir()
         return events
 
+    def processedVolume(self):
+        """The volume the finished job processed (whatever is selected now)."""
+        nodeId = self.book.finished()
+        node = slicer.mrmlScene.GetNodeByID(nodeId) if nodeId else None
+        if node is None:
+            from SegXAILib.errors import SegXAIError
+
+            raise SegXAIError("the volume SegXAI processed was removed from the scene; its results are discarded")
+        return node
+
     def cancel(self) -> None:
-        if self.running:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
+        """Stop the run or installation with every process it started, and delete the job's folder."""
+        if self._job is not None:
+            self._job.cancel()
+        self._job = None
+        self.book.finished()
+        self.cleanupWorkDir()
 
     def cleanupWorkDir(self) -> None:
         if self._workDir and os.path.isdir(self._workDir):
             shutil.rmtree(self._workDir, ignore_errors=True)
         self._workDir = None
 
-    def runBlocking(self, volumeNode, model=None, device="cpu", methods=("gradcam",), target=None, region="predicted",
-                    timeoutSec: float = 1800) -> dict:
+    def runBlocking(self, volumeNode, model=None, device="cpu", methods=("gradcam",), target=None, region="predicted") -> dict:
         """Start, wait and show the results (for tests and scripts); raises on error."""
         import time
 
+        self.newWorkDir()
         self.start(volumeNode, model, device, list(methods), target, region, "", 32, False)
-        deadline = time.time() + timeoutSec
-        while time.time() < deadline:
+        while True:
             for kind, payload in self.poll():
                 if kind == "done":
-                    return self.showResults(payload, volumeNode)
+                    return self.showResults(payload, self.processedVolume())
                 if kind in ("error", "exit"):
                     raise RuntimeError(f"SegXAI failed: {payload}")
             slicer.app.processEvents()
             time.sleep(0.2)
-        self.cancel()
-        raise RuntimeError("SegXAI timed out")
 
     # -- results --
-    def showResults(self, manifestPath: str, volumeNode, opacity: float = 0.4) -> dict:
-        """Load the child's files and put them in the scene (replacing only SegXAI's earlier nodes)."""
-        from SegXAILib import scene, slicer_run
+    def showResults(self, manifestPath: str, volumeNode, opacity: float = 0.4, outputSegmentation=None) -> dict:
+        """Load the child's files and put them in the scene on ``volumeNode`` (the processed volume)."""
+        from SegXAILib import module_logic, scene, score_labels, slicer_run
 
-        self._job = slicer_run.load_job(manifestPath)
-        nodes = scene.show_results(volumeNode, self._job["labels"], self._job["classes"], self._job["maps"],
-                                   self._job["provenance"], slicer.mrmlScene, opacity)
-        rows = slicer_run.scores_rows(self._job["maps"])
-        self.scoresTable = scene.table_node(rows, f"{volumeNode.GetName()} SegXAI scores", volumeNode) if rows else None
-        self.cleanupWorkDir()
+        try:
+            job = slicer_run.load_job(manifestPath)
+            extra = module_logic.accepted(scene.show_results, segmentation_node=outputSegmentation) if outputSegmentation else {}
+            nodes = scene.show_results(volumeNode, job["labels"], job["classes"], job["maps"], job["provenance"],
+                                       slicer.mrmlScene, opacity, **extra)
+            self.book.record(volumeNode.GetID(), job)
+            rows = score_labels.scores_rows(job["maps"])
+            table = scene.table_node(rows, f"{volumeNode.GetName()} SegXAI scores", volumeNode) if rows else None
+            self.scoresTables[volumeNode.GetID()] = (table, score_labels.legend_rows(rows))
+        finally:
+            self.cleanupWorkDir()
         return nodes
+
+    def scoresTableFor(self, volumeNode) -> tuple:
+        return self.scoresTables.get(volumeNode.GetID(), (None, [])) if volumeNode else (None, [])
+
+    def summary(self, volumeNode) -> str:
+        """The last run on ``volumeNode`` in plain words ("" when there was none)."""
+        from SegXAILib import module_logic
+
+        job = self.book.job_for(volumeNode.GetID() if volumeNode else None)
+        return module_logic.describe_run(job["provenance"], job["maps"]) if job else ""
 
     @staticmethod
     def mapNodes(volumeNode) -> list:
@@ -480,23 +549,25 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
         return scene.segxai_nodes(slicer.mrmlScene, volumeNode, role="map") if volumeNode else []
 
     def updateMetrics(self, volumeNode, referenceNode):
-        """A table of Dice, IoU, HD95, volumes … per class against the reference segmentation (by name)."""
+        """A table of Dice, IoU, HD95, volumes … per class of ``volumeNode``'s own job against ``referenceNode``."""
         from SegXAILib import scene
 
-        if volumeNode is None or referenceNode is None or self._job is None:
+        job = self.book.job_for(volumeNode.GetID() if volumeNode else None)
+        if job is None or referenceNode is None:
             return None
         segmentation = referenceNode.GetSegmentation()
         masks = {}
         for k in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(k)
             masks[segmentation.GetSegment(segmentId).GetName()] = slicer.util.arrayFromSegmentBinaryLabelmap(referenceNode, segmentId, volumeNode)
-        rows = scene.reference_metrics_rows(self._job["labels"], self._job["classes"], masks)
+        rows = scene.reference_metrics_rows(job["labels"], job["classes"], masks)
         return scene.table_node(rows, f"{volumeNode.GetName()} SegXAI metrics", volumeNode) if rows else None
 
 
 # ---- Test ---------------------------------------------------------------------------------------
 class SegXAITest(ScriptedLoadableModuleTest):
-    """Runs the whole path on the bundled sample CT on the CPU and checks the nodes."""
+    """Runs the whole path on the bundled sample CT on the CPU and checks the nodes; fails (never skips) when the
+    installation lacks the sample or the models."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -506,17 +577,15 @@ class SegXAITest(ScriptedLoadableModuleTest):
         self.test_SegXAI_sample()
 
     def test_SegXAI_sample(self):
-        from SegXAILib import scene
-        from SegXAILib.models.store import resources_dir
+        from SegXAILib import module_logic, scene
+        from SegXAILib.models.store import bundled_models
 
-        samples = sorted((resources_dir() / "Samples").glob("*.nii*")) + sorted((resources_dir() / "Samples").glob("*.nrrd"))
-        if not samples:
-            self.delayDisplay("No bundled sample CT in Resources/Samples; test skipped")
-            return
+        self.assertTrue(bundled_models(), "no bundled model: Resources/Models is missing from the installation")
+        sample = module_logic.sample_ct()  # raises when the installation has no sample CT
         self.delayDisplay("Loading the sample CT")
-        volumeNode = slicer.util.loadVolume(str(samples[0]))
+        volumeNode = slicer.util.loadVolume(str(sample))
         logic = SegXAILogic()
-        self.assertTrue(logic.setupPythonRequirements(askConfirmation=False))
+        logic.setupPythonRequirements()
         self.delayDisplay("Segmenting and explaining on the CPU")
         nodes = logic.runBlocking(volumeNode, device="cpu", methods=("gradcam",))
         segmentation = nodes["segmentation"].GetSegmentation()
@@ -531,8 +600,8 @@ class SegXAITest(ScriptedLoadableModuleTest):
         self.assertTrue(np.allclose(scene.ijk_to_ras(mapNode), scene.ijk_to_ras(volumeNode), atol=1e-6))
         composite = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
         self.assertEqual(composite.GetForegroundVolumeID(), mapNode.GetID())
-        self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.4, places=3)
         self.assertEqual(mapNode.GetAttribute("SegXAI.Method"), "gradcam")
+        self.assertTrue(logic.summary(volumeNode))
         # a second run replaces SegXAI's nodes only
         count = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
         logic.runBlocking(volumeNode, device="cpu", methods=("gradcam",))

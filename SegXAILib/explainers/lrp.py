@@ -1,22 +1,38 @@
-"""Layer-wise Relevance Propagation (Bach et al. 2015) through a convolutional segmentation network.
+"""Layer-wise Relevance Propagation (Bach et al. 2015) with the published rules, per layer type.
 
-Implemented as a modified backward pass: relevance at any tensor t is R_t = t ⊙ g_t, where g is what the
-modified backward carries. Convolutions and transposed convolutions (the U-Net's strided down- and
-up-sampling) get an explicit rule in a custom autograd function: ε (R_in = a ⊙ Wᵀ(R/(z + ε·sign z))) or
-αβ (positive and negative contributions split, bias ignored). With R = t ⊙ g, the ordinary gradient is
-already the LRP rule for the rest of the graph: PReLU/ReLU (positively homogeneous) pass relevance
-unchanged, skip additions split it in proportion to the summands, concatenations route it per channel.
-Instance/batch/layer norm is treated explicitly as a linear map with frozen per-sample statistics,
-y = γ(x − μ)/σ + β, with the ε rule; its shift (like every bias) absorbs relevance, which is why the
-conservation error Σ R_input vs the target score is reported rather than assumed zero.
+Default (``rule="composite"``, zennit's EpsilonGammaBox, Montavon et al. 2019 "LRP: an overview"): ε on dense
+(Linear) layers, γ on convolutions and transposed convolutions, z^B (box rule, bounds ``low``/``high`` = the
+model input's range: the HU window scaled to [0, 1], see ``preprocessing.IntensityWindow``) on every layer that
+reads the network input. ``"composite-zplus"`` uses z⁺ on the convolutions (zennit's EpsilonPlusBox/-Flat);
+``input_rule="flat"`` the flat rule at the input. ``"epsilon"`` and ``"alphabeta"`` apply that one rule to every
+convolution and linear layer, the input layer included. Rules follow zennit 0.5.1 exactly, biases included
+(γ, z⁺, αβ: b⁺ joins the positive, b⁻ the negative denominator; ε: b in z; z^B: b cancels) — oracle-tested.
 
-Transformers (the TransUNet's ViT) follow the conservative propagation of Ali et al. (ICML 2022): linear
-layers get the same ε/αβ rules; in self-attention the softmax attention matrix is held constant, so the
-output is linear in the values and relevance flows through them only; GELU passes relevance unchanged
-(R_in = R_out, the identity rule for a gate). Networks with other layer types are refused by name.
+Implementation: a modified backward pass that carries g = R/a, so relevance at a tensor a is R = a ⊙ g. Linear
+and convolutional layers get an explicit rule in a custom autograd function; the plain gradient is already the
+rule elsewhere: (P/Leaky)ReLU pass relevance unchanged, skip additions split it in proportion to the summands,
+concatenations route it per channel. Input-layer rules (z^B, flat) give relevance to zero-valued voxels too
+(air is 0), so their relevance is collected directly instead of through g.
+
+Norms, following Ali et al. (ICML 2022, "XAI for Transformers: better explanations through conservative
+propagation"): LayerNorm and InstanceNorm (per-sample statistics) are y = γ(x − μ)/σ + β with only σ detached;
+the centring x − μ stays in the graph, so the normalisation is a linear map of x and passes relevance with
+LRP-0 (stabiliser 1e-6); β absorbs its share. Eval-mode BatchNorm (and norms with running statistics) is an
+affine per-channel map, y = a·x + c with c = β − a·μ_run: the same LRP-0 rule, c absorbs (not merged into the
+preceding convolution; zennit's default for an unmerged BN is to pass relevance unchanged instead).
+
+Transformers (the TransUNet's ViT), also Ali et al.: the softmax attention matrix is held constant, so the
+output is linear in the values; GELU passes relevance unchanged (R_in = R_out, the identity rule for a gate).
+
+Where relevance goes (measured by ``relevance_ledger``; ``bench/lrp_conservation.py`` prints the table):
+ΣR_input = F(x) − (what biases absorb) − (what norms' β/running-mean shifts absorb) − (what the TransUNet's
+position embeddings take at their addition) − (stabilisers, ~1e-6). An instance norm's centring makes the
+preceding conv bias cancel in total, so with μ kept in the graph the bundled U-Net's remaining losses are its
+biases under the γ/z⁺/αβ rules' per-voxel denominators. Networks with other layer types are refused by name.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -26,11 +42,18 @@ from torch import nn
 from ..errors import SegXAIError
 from .base import Attribution, Explainer, target_score
 
-_LINEAR = (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)
+_CONV = (nn.Conv3d, nn.ConvTranspose3d)
+_LINEAR = _CONV + (nn.Linear,)
 _NORMS = (nn.InstanceNorm3d, nn.BatchNorm3d, nn.LayerNorm)
 _PASS = (nn.PReLU, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout3d, nn.Identity, nn.Upsample)
 _GATES = (nn.GELU, nn.SiLU)
-RULES = ("epsilon", "alphabeta")
+#: rule sets: "composite" ε dense / γ conv / input rule; "composite-zplus" ε dense / z⁺ conv / input rule;
+#: "epsilon" and "alphabeta" one rule on every convolution and linear layer (the input layer included)
+RULES = ("composite", "composite-zplus", "epsilon", "alphabeta")
+#: rules for the layers that read the network input, in the composites
+INPUT_RULES = ("zbox", "flat")
+#: stabiliser of every rule other than ε (γ, z⁺, αβ, z^B, flat, norms), as zennit's default
+STABILIZER = 1e-6
 
 
 def _linear(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -43,58 +66,129 @@ def _linear(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Opti
 
 
 def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """z + ε·sign(z), sign(0) = +1 (zennit's ``stabilize``)."""
     return z + eps * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
 
 
-def _vjp(module, like, weight, s):
+def _vjp(module: nn.Module, like: torch.Tensor, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Wᵀ s for the module's linear map (the gradient of ⟨lin(x), s⟩ with respect to x)."""
     x = torch.zeros_like(like).requires_grad_(True)
     (g,) = torch.autograd.grad(_linear(module, x, weight, None), x, s)
     return g
 
 
+def _pos(t):
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t):
+    return None if t is None else t.clamp(max=0)
+
+
+def _signed_density(m, a, relevance, w_for_pos, w_for_neg, b_pos_den, masks=None):
+    """Shared core of z⁺/γ: g_in for a rule whose positive inputs see ``w_for_pos`` and negative ones ``w_for_neg``."""
+    ap, an = a.clamp(min=0), a.clamp(max=0)
+    den = _linear(m, ap, w_for_pos, b_pos_den) + _linear(m, an, w_for_neg, None)
+    s = relevance / _stab(den, STABILIZER)
+    if masks is not None:
+        s = s * masks
+    return torch.where(a > 0, _vjp(m, a, w_for_pos, s), _vjp(m, a, w_for_neg, s))
+
+
+def _density(rule: str, m: nn.Module, a: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor, p: dict) -> torch.Tensor:
+    """g_in = R_in / a for a rule whose R_in carries a factor a_i per input (ε, z⁺, γ, αβ)."""
+    w = m.weight.detach()
+    b = m.bias.detach() if m.bias is not None else None
+    if rule == "epsilon":
+        return _vjp(m, a, w, relevance / _stab(z, p["epsilon"]))
+    if rule == "zplus":  # positive contributions: a⁺w⁺ + a⁻w⁻ (+ b⁺)
+        return _signed_density(m, a, relevance, w.clamp(min=0), w.clamp(max=0), _pos(b))
+    if rule == "gamma":  # generalised γ (Montavon 2019; Andéol 2021): favour contributions of the output's sign
+        g = p["gamma"]
+        up, un = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
+        bp = None if b is None else b + g * b.clamp(min=0)
+        bn = None if b is None else b + g * b.clamp(max=0)
+        pos = _signed_density(m, a, relevance, up, un, bp, (z > 0).to(z))  # z > 0: a⁺(w+γw⁺) + a⁻(w+γw⁻)
+        neg = _signed_density(m, a, relevance, un, up, bn, (z < 0).to(z))  # z < 0: a⁺(w+γw⁻) + a⁻(w+γw⁺)
+        return pos + neg
+    if rule == "alphabeta":
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        ap, an = a.clamp(min=0), a.clamp(max=0)
+        zp = _linear(m, ap, wp, _pos(b)) + _linear(m, an, wn, None)
+        zn = _linear(m, ap, wn, _neg(b)) + _linear(m, an, wp, None)
+        sp, sn = p["alpha"] * relevance / _stab(zp, STABILIZER), p["beta"] * relevance / _stab(zn, STABILIZER)
+        return torch.where(a > 0, _vjp(m, a, wp, sp) - _vjp(m, a, wn, sn), _vjp(m, a, wn, sp) - _vjp(m, a, wp, sn))
+    raise AssertionError(rule)
+
+
+def _input_relevance(rule: str, m: nn.Module, a: torch.Tensor, relevance: torch.Tensor, p: dict) -> torch.Tensor:
+    """R_in for the input-layer rules, which give relevance to zero-valued inputs too."""
+    w = m.weight.detach()
+    if rule == "zbox":  # (a w − l w⁺ − h w⁻) / (z − l w⁺ − h w⁻); the bias cancels, as in zennit
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        low, high = torch.full_like(a, p["low"]), torch.full_like(a, p["high"])
+        den = _linear(m, a, w, None) - _linear(m, low, wp, None) - _linear(m, high, wn, None)
+        s = relevance / _stab(den, STABILIZER)
+        return a * _vjp(m, a, w, s) - low * _vjp(m, a, wp, s) - high * _vjp(m, a, wn, s)
+    if rule == "flat":  # every input of a receptive field gets an equal share
+        ones = torch.ones_like(w)
+        den = _linear(m, torch.ones_like(a), ones, None)
+        return _vjp(m, a, ones, relevance / _stab(den, STABILIZER))
+    raise AssertionError(rule)
+
+
+class _Ledger:
+    """Per-layer bookkeeping of one backward pass: input-rule relevance, and what each layer absorbs."""
+
+    def __init__(self) -> None:
+        self.input_relevance: Optional[torch.Tensor] = None
+        self.absorbed: dict = {}
+
+    def absorb(self, name: str, r_out: torch.Tensor, r_in: torch.Tensor) -> None:
+        self.absorbed[name] = self.absorbed.get(name, 0.0) + float(r_out.sum() - r_in.sum())
+
+
 class _LinearRule(torch.autograd.Function):
-    """Identity forward on a layer's output; backward applies the LRP rule for that layer."""
+    """Identity forward on a layer's output; backward applies the layer's LRP rule."""
 
     @staticmethod
-    def forward(ctx, a, z, module, rule, eps, alpha, beta):
+    def forward(ctx, a, z, module, rule, params, ledger, name):
         ctx.save_for_backward(a, z)
-        ctx.module, ctx.rule, ctx.eps, ctx.alpha, ctx.beta = module, rule, eps, alpha, beta
+        ctx.module, ctx.rule, ctx.params, ctx.ledger, ctx.name = module, rule, params, ledger, name
         return z.clone()
 
     @staticmethod
     def backward(ctx, g):
         a, z = ctx.saved_tensors
-        m, w = ctx.module, ctx.module.weight.detach()
+        relevance = z * g
         with torch.enable_grad():
-            if ctx.rule == "epsilon":
-                s = g * z / _stab(z, ctx.eps)
-                return _vjp(m, a, w, s), None, None, None, None, None, None
-            relevance = z * g
-            wp, wn = w.clamp(min=0), w.clamp(max=0)
-            ap, an = a.clamp(min=0), a.clamp(max=0)
-            zp = _linear(m, ap, wp, None) + _linear(m, an, wn, None)
-            zn = _linear(m, ap, wn, None) + _linear(m, an, wp, None)
-            sp = ctx.alpha * relevance / (zp + ctx.eps)
-            sn = ctx.beta * relevance / (zn - ctx.eps)
-            r_in = ap * (_vjp(m, a, wp, sp) - _vjp(m, a, wn, sn)) + an * (_vjp(m, a, wn, sp) - _vjp(m, a, wp, sn))
-        safe = torch.where(a != 0, a, torch.ones_like(a))
-        return torch.where(a != 0, r_in / safe, torch.zeros_like(a)), None, None, None, None, None, None
+            if ctx.rule in INPUT_RULES:
+                r_in = _input_relevance(ctx.rule, ctx.module, a, relevance, ctx.params)
+                led = ctx.ledger
+                led.input_relevance = r_in if led.input_relevance is None else led.input_relevance + r_in
+                g_in = torch.zeros_like(a)
+            else:
+                g_in = _density(ctx.rule, ctx.module, a, z, relevance, ctx.params)
+                r_in = a * g_in
+        ctx.ledger.absorb(ctx.name, relevance, r_in)
+        return g_in, None, None, None, None, None, None
 
 
-class _EpsScale(torch.autograd.Function):
-    """Identity forward; backward scales the gradient by y / (y + ε·sign y) (ε rule for a linear map)."""
+class _NormRule(torch.autograd.Function):
+    """Identity forward on a norm's output y = A x + c; backward scales g by (y − c)/(y ± 1e-6) (LRP-0 on A x + c)."""
 
     @staticmethod
-    def forward(ctx, y, eps):
-        ctx.save_for_backward(y)
-        ctx.eps = eps
+    def forward(ctx, y, shift, ledger, name):
+        ctx.save_for_backward(y, shift)
+        ctx.ledger, ctx.name = ledger, name
         return y.clone()
 
     @staticmethod
     def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * y / _stab(y, ctx.eps), None
+        y, shift = ctx.saved_tensors
+        s = g * y / _stab(y, STABILIZER)  # relevance y⊙g over the stabilised output; ΣR_in = Σ (y − c) ⊙ s
+        ctx.ledger.absorb(ctx.name, y * g, (y - shift) * s)
+        return s, None, None, None
 
 
 class _GateRule(torch.autograd.Function):
@@ -112,8 +206,9 @@ class _GateRule(torch.autograd.Function):
         return torch.where(x != 0, g * y / safe, torch.zeros_like(g)), None
 
 
-def _frozen_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The norm as a linear map of x: per-sample (instance/layer) or running (batch, eval) statistics, detached."""
+def _sigma_detached_norm(module: nn.Module, x: torch.Tensor):
+    """The norm as an affine map of x, (y, shift): per-sample statistics with only σ detached (Ali et al. 2022),
+    or running statistics (eval batch norm), where the mean is a constant and joins the shift."""
     if isinstance(module, nn.LayerNorm):  # statistics and affine over the trailing normalized_shape
         dims = tuple(range(x.ndim - len(module.normalized_shape), x.ndim))
         param_shape = tuple(module.normalized_shape)
@@ -125,15 +220,19 @@ def _frozen_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     use_running = getattr(module, "track_running_stats", False) and not module.training and module.running_mean is not None
     if use_running:
         mean, var = module.running_mean.view(param_shape), module.running_var.view(param_shape)
+        scale = 1.0 / torch.sqrt(var + module.eps)
+        y, shift = x * scale, -mean * scale
     else:
-        mean = x.mean(dim=dims, keepdim=True).detach()
-        var = x.var(dim=dims, unbiased=False, keepdim=True).detach()
-    y = (x - mean) / torch.sqrt(var + module.eps)
+        centred = x - x.mean(dim=dims, keepdim=True)  # centring kept in the graph: a linear map of x
+        scale = 1.0 / torch.sqrt(centred.detach().pow(2).mean(dim=dims, keepdim=True) + module.eps)
+        y, shift = centred * scale, torch.zeros((), dtype=x.dtype, device=x.device)
     if affine and module.weight is not None:
-        y = y * module.weight.detach().view(param_shape)
+        weight = module.weight.detach().view(param_shape)
+        y, shift = y * weight, shift * weight
         if module.bias is not None:
-            y = y + module.bias.detach().view(param_shape)
-    return y
+            bias = module.bias.detach().view(param_shape)
+            y, shift = y + bias, shift + bias
+    return y, torch.broadcast_to(shift, y.shape).detach()
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -172,35 +271,73 @@ def check_supported(network: nn.Module) -> None:
             )
 
 
+def _number(name: str, value, low: float = -math.inf, strict: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SegXAIError(f"LRP parameter {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < low or (strict and v == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise SegXAIError(f"LRP parameter {name} must be finite and {bound}, got {value!r}")
+    return v
+
+
 class LRP(Explainer):
-    """LRP with the ε rule (default) or the αβ rule (α − β = 1) on convolutions; ε on norms."""
+    """LRP with a rule per layer type: by default ε (dense) / γ (convolutions) / z^B (input), see the module doc."""
 
     name = "lrp"
     bf16 = "never"  # the rules' stabilised divisions and conservation need fp32
 
-    def __init__(self, rule: str = "epsilon", epsilon: float = 1e-6, alpha: float = 1.0, beta: float = 0.0) -> None:
+    def __init__(self, rule: str = "composite", epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0,
+                 beta: float = 1.0, input_rule: str = "zbox", low: float = 0.0, high: float = 1.0) -> None:
         if rule not in RULES:
             raise SegXAIError(f"unknown LRP rule {rule!r}; use one of {', '.join(RULES)}")
-        if rule == "alphabeta" and abs(alpha - beta - 1.0) > 1e-9:
-            raise SegXAIError(f"the αβ rule needs α − β = 1, got α={alpha}, β={beta}")
-        self.rule, self.epsilon, self.alpha, self.beta = rule, float(epsilon), float(alpha), float(beta)
+        if input_rule not in INPUT_RULES:
+            raise SegXAIError(f"unknown LRP input rule {input_rule!r}; use one of {', '.join(INPUT_RULES)}")
+        self.rule, self.input_rule = rule, input_rule
+        self.epsilon = _number("epsilon", epsilon, 0.0, strict=True)
+        self.gamma = _number("gamma", gamma, 0.0)
+        self.alpha, self.beta = _number("alpha", alpha, 1.0), _number("beta", beta, 0.0)
+        if abs(self.alpha - self.beta - 1.0) > 1e-9:
+            raise SegXAIError(f"the αβ rule needs α − β = 1 (e.g. α=2, β=1), got α={alpha}, β={beta}")
+        self.low, self.high = _number("low", low), _number("high", high)
+        if not self.high > self.low:
+            raise SegXAIError(f"the z^B input bounds need low < high (the model input's range, e.g. 0 and 1), got {low}, {high}")
+        self.last_ledger: Optional[_Ledger] = None
+
+    @property
+    def composite(self) -> bool:
+        return self.rule.startswith("composite")
 
     def params(self) -> dict:
-        p = {"rule": self.rule, "epsilon": self.epsilon}
-        if self.rule == "alphabeta":
-            p.update(alpha=self.alpha, beta=self.beta)
-        return p
+        """Every parameter, with ``input_rule`` as it takes effect (the rule itself outside the composites)."""
+        return {"rule": self.rule, "epsilon": self.epsilon, "gamma": self.gamma, "alpha": self.alpha, "beta": self.beta,
+                "input_rule": self.input_rule if self.composite else self.rule, "low": self.low, "high": self.high}
 
-    def _hooks(self, network: nn.Module) -> list:
+    def layer_rule(self, module: nn.Module, reads_input: bool) -> str:
+        """The rule a convolution or linear layer gets."""
+        if not self.composite:
+            return self.rule
+        if reads_input:
+            return self.input_rule
+        if isinstance(module, nn.Linear):
+            return "epsilon"
+        return "gamma" if self.rule == "composite" else "zplus"
+
+    def _hooks(self, network: nn.Module, x: torch.Tensor, ledger: _Ledger) -> list:
+        params = {"epsilon": self.epsilon, "gamma": self.gamma, "alpha": self.alpha, "beta": self.beta,
+                  "low": self.low, "high": self.high}
         handles = []
-        for module in network.modules():
+        for name, module in network.named_modules():
             if isinstance(module, _LINEAR):
-                def hook(mod, inp, out):
-                    return _LinearRule.apply(inp[0], out.detach(), mod, self.rule, self.epsilon, self.alpha, self.beta)
+                def hook(mod, inp, out, name=name):
+                    rule = self.layer_rule(mod, inp[0] is x and not isinstance(mod, nn.Linear))
+                    return _LinearRule.apply(inp[0], out.detach(), mod, rule, params, ledger, name)
                 handles.append(module.register_forward_hook(hook))
             elif isinstance(module, _NORMS):
-                def norm_hook(mod, inp, out):
-                    return _EpsScale.apply(_frozen_norm(mod, inp[0]), self.epsilon)
+                def norm_hook(mod, inp, out, name=name):
+                    y, shift = _sigma_detached_norm(mod, inp[0])
+                    return _NormRule.apply(y, shift, ledger, name)
                 handles.append(module.register_forward_hook(norm_hook))
             elif isinstance(module, _GATES):
                 def gate_hook(mod, inp, out):
@@ -215,7 +352,8 @@ class LRP(Explainer):
     def attribute(self, network, inputs, class_index, weights, baseline: Optional[torch.Tensor] = None) -> Attribution:
         check_supported(network)
         x = inputs.detach().clone().requires_grad_(True)
-        handles = self._hooks(network)
+        ledger = _Ledger()
+        handles = self._hooks(network, x, ledger)
         try:
             with torch.enable_grad():
                 score = target_score(network(x), class_index, weights).sum()
@@ -223,8 +361,19 @@ class LRP(Explainer):
         finally:
             for h in handles:
                 h.remove()
-        relevance = (x.detach() * grad)[:, 0]
+        relevance = x.detach() * grad
+        if ledger.input_relevance is not None:
+            relevance = relevance + ledger.input_relevance.detach()
+        self.last_ledger = ledger
+        relevance = relevance[:, 0]
         return Attribution(relevance, {"relevance_sum": float(relevance.sum()), "score": float(score.detach())})
+
+
+def relevance_ledger(explainer: LRP) -> dict:
+    """What each rule layer and norm absorbed (ΣR_out − ΣR_in, by module name) in the explainer's last call."""
+    if explainer.last_ledger is None:
+        raise SegXAIError("relevance_ledger needs an LRP that has run attribute() first")
+    return dict(explainer.last_ledger.absorbed)
 
 
 def conservation_error(totals: dict) -> float:

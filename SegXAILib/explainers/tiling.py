@@ -18,6 +18,7 @@ w.r.t. them, CAM arithmetic and every sum stay fp32.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 from typing import Optional, Sequence
 
@@ -114,6 +115,13 @@ class Tiles:
         if self.progress is not None:
             self.progress(stage or self.stage, done / max(total, 1))
 
+    def with_image(self, padded_image: np.ndarray, stage: Optional[str] = None) -> "Tiles":
+        """The same problem (windows, shares, region, baseline) on another padded-grid image (noise, occlusion)."""
+        other = copy.copy(self)
+        other.image = np.asarray(padded_image, dtype=np.float32)
+        other.stage = stage or self.stage
+        return other
+
     def crop(self, padded: np.ndarray) -> np.ndarray:
         """A padded-grid array back on the model grid."""
         crop = tuple(slice(lo, s - hi) for (lo, hi), s in zip(self.pads, self.shape))
@@ -166,6 +174,11 @@ def explain_tiled(
                   resolve_precision(precision, device, explainer), progress, cancel, stage)
     if tiles.region_voxels == 0:  # nothing to explain: the empty region's map is all zeros, for every method
         return np.zeros(image.shape, dtype=np.float32), {}
-    whole_volume = getattr(explainer, "explain_tiles", None)
-    out, totals = whole_volume(tiles) if whole_volume is not None else sum_windows(explainer, tiles)
+    out, totals = explain_padded(explainer, tiles)
     return tiles.crop(out), totals
+
+
+def explain_padded(explainer: Explainer, tiles: Tiles):
+    """A method's map on the padded grid and its totals: its own whole-volume definition, or the window sum."""
+    whole_volume = getattr(explainer, "explain_tiles", None)
+    return whole_volume(tiles) if whole_volume is not None else sum_windows(explainer, tiles)

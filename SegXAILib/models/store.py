@@ -2,6 +2,8 @@
 
 Nothing here unpickles: safetensors holds only tensors, and TorchScript is loaded with ``torch.jit.load``.
 Bundled models live in ``Resources/Models/<name>/``; ``Resources/Models/models.json`` names the default.
+torch is imported only where a network is built or loaded, so listing models (the Slicer panel opening before
+PyTorch is installed) works without it.
 """
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import SegXAIError
-from ..preprocessing import Preprocessing
 from .card import ModelCard
+
+if TYPE_CHECKING:  # annotations only; torch is imported lazily below
+    import torch
+    from torch import nn
+
+    from ..preprocessing import Preprocessing
 
 ARCHITECTURES = ("residual_unet", "transunet3d", "torchscript")
 
@@ -74,6 +79,8 @@ class LoadedModel:
 
     @property
     def preprocessing(self) -> Preprocessing:
+        from ..preprocessing import Preprocessing
+
         return Preprocessing(self.card.spacing, self.card.window, self.card.orientation)
 
 
@@ -95,6 +102,8 @@ def resolve_model_folder(name_or_path: str | os.PathLike | None) -> Path:
 
 def _check_channels(network: nn.Module, card: ModelCard, source: Path) -> None:
     """Run a zero patch through the network and check it returns one channel per card class."""
+    import torch
+
     with torch.no_grad():
         out = network(torch.zeros(1, 1, *card.patch))
     if out.ndim != 5 or out.shape[1] != card.num_classes:
@@ -106,6 +115,8 @@ def _check_channels(network: nn.Module, card: ModelCard, source: Path) -> None:
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a bundled model by name, or a user's model folder (card.json + weights)."""
+    import torch
+
     folder = resolve_model_folder(name_or_path)
     card = ModelCard.load(folder / "card.json")
     weights = folder / card.weights
