@@ -291,7 +291,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 with slicer.util.tryWithErrorDisplay("SegXAI could not show its results.", waitCursor=True):
                     self.logic.showResults(payload, volumeNode, self._parameterNode.opacity,
                                            self._parameterNode.outputSegmentation)
-                    self.updateResults(volumeNode)
+                    self.updateResults()  # the selected volume's results (the job's volume may not be selected now)
                 return
             elif kind == "exit":
                 self.onFinished("failed")

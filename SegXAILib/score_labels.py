@@ -1,0 +1,92 @@
+"""Plain names for the explanation scores in a report, a line on what a good value is, and the scores table.
+
+A map's metadata holds ``scores`` (the report's ``quality``: flat numbers and the nested ``curves`` of the
+deletion/insertion test) and ``checks`` (completeness / conservation errors). :func:`scores_rows` flattens both
+into one row per map, keyed by plain names, so a radiologist reads "Deletion AUC" instead of ``curves.deletion_auc``.
+"""
+from __future__ import annotations
+
+import math
+
+#: report key (dotted for nested values) → (plain name, what a good value is)
+LABELS = {
+    "energy_inside": ("Relevance inside the target", "higher is better: share of the positive relevance that falls inside the explained region (0–1)"),
+    "pointing_game": ("Peak inside the target", "1 is good: the map's largest value lies inside the explained region"),
+    "curves.deletion_auc": ("Deletion AUC", "lower is better: the prediction drops fast when the most relevant voxels are removed first"),
+    "curves.insertion_auc": ("Insertion AUC", "higher is better: the prediction recovers fast when the most relevant voxels are put back first"),
+    "randomisation_spearman": ("Similarity after randomising the model", "near 0 is good: the map changes when the model's weights are randomised (sanity check)"),
+    "checks.completeness_error": ("Completeness error", "near 0 is good: the attributions add up to the change in the model's output"),
+    "checks.conservation_error": ("Conservation error", "near 0 is good: LRP relevance is conserved from output to input"),
+    "relevance_mass": ("Relevance mass in the target", "higher is better: share of all relevance that falls inside the explained region"),
+    "road": ("ROAD score", "higher is better: removing the most relevant voxels (with noisy linear imputation) lowers the prediction more than removing the least relevant"),
+    "sparseness": ("Sparseness (Gini)", "higher means a more focused map (0 = spread evenly, 1 = one voxel)"),
+    "cascading_randomisation": ("Similarity after cascading randomisation", "near 0 is good: the map changes as more layers are randomised"),
+}
+
+#: keys that describe a run rather than score it (not shown as scores)
+NOT_SCORES = ("fractions", "deletion", "insertion", "totals", "seconds")
+
+
+def plain_name(key: str) -> str:
+    """The plain name of a score key; an unknown key becomes words ("foo_bar.baz_auc" → "Foo bar baz AUC")."""
+    if key in LABELS:
+        return LABELS[key][0]
+    words = key.replace(".", " ").replace("_", " ").split()
+    text = " ".join("AUC" if w.lower() == "auc" else w for w in words)
+    return text[:1].upper() + text[1:]
+
+
+def what_is_good(key: str) -> str:
+    """One line on what a good value of ``key`` is ("" when the score is not known here)."""
+    return LABELS.get(key, ("", ""))[1]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))
+
+
+def flatten_scores(metadata: dict) -> dict:
+    """``{dotted key: number}`` from a map's ``scores`` (nested dicts included) and its ``checks``.
+
+    Yes/no scores become 1 / 0; lists (the curves themselves), the ``totals`` behind the checks, and missing
+    (None) or non-finite values are left out.
+    """
+    out = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if str(key) in NOT_SCORES:
+                    continue
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif _is_number(value):  # a yes/no score (pointing game) reads 1 / 0
+            out[prefix] = int(value) if isinstance(value, bool) else value
+
+    walk("", metadata.get("scores") or {})
+    checks = {k: v for k, v in (metadata.get("checks") or {}).items() if k not in NOT_SCORES}
+    walk("checks", checks)
+    return out
+
+
+def scores_rows(maps: list) -> list:
+    """One table row per map ``(name, Volume, metadata, signed)``: method, layer, then each score by plain name."""
+    rows = []
+    for name, _, meta, signed in maps:
+        meta = meta or {}
+        row = {"Map": name, "Method": meta.get("method", name), "Layer": meta.get("layer", "") or "",
+               "Signed": bool(signed)}
+        for key, value in flatten_scores(meta).items():
+            row[plain_name(key)] = value
+        rows.append(row)
+    return rows
+
+
+def legend_rows(rows: list) -> list:
+    """``[(plain name, what is good)]`` for the score columns that appear in ``rows`` (for the panel's tooltip)."""
+    names = {plain_name(k): k for k in LABELS}
+    seen = []
+    for row in rows:
+        for column in row:
+            if column in names and column not in seen:
+                seen.append(column)
+    return [(column, what_is_good(names[column])) for column in seen]

@@ -1,0 +1,238 @@
+"""Scenarios that open the SegXAI panel against Slicer 5.8.1's Python, run in a fresh subprocess.
+
+``python -m slicer_standins.scenarios OUT.json`` (cwd ``Testing``) blocks torch and MONAI (as on a fresh Slicer),
+installs the stand-ins, imports ``SegXAI/SegXAI.py`` and runs each scenario; every scenario records what it saw
+(or its traceback) in OUT.json for ``Testing/test_slicer_module.py`` to assert on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def _prepare():
+    sys.path[:0] = [str(ROOT / "SegXAI"), str(ROOT), str(HERE.parent)]
+    import slicer_standins
+
+    slicer_standins.block_imports("torch", "monai")
+    slicer = slicer_standins.install()
+    import SegXAI
+
+    return slicer, SegXAI
+
+
+class ModuleParent:
+    """What Slicer hands a scripted module's constructor (qSlicerScriptedLoadableModule's Python face)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.isEntered = True
+
+
+def open_panel(slicer, SegXAI):
+    import qt
+
+    SegXAI.SegXAI(ModuleParent(ROOT / "SegXAI" / "SegXAI.py"))
+    parent = slicer.qMRMLWidget()
+    parent.setLayout(qt.QVBoxLayout())
+    parent.isEntered = True
+    widget = SegXAI.SegXAIWidget(parent)
+    widget.setup()
+    widget.enter()
+    OPENED.append(widget)
+    return widget
+
+
+#: panels opened by the current scenario (closed before the next one clears the scene)
+OPENED = []
+
+
+def scenario_connectors(slicer, SegXAI, out):
+    """Slicer's own createGuiConnector for every SlicerParameterName in the .ui, on widgets the .ui describes."""
+    import qt
+    from slicer.parameterNodeWrapper import createGuiConnector
+
+    ui = qt.QUiLoader().load(qt.QFile(str(ROOT / "SegXAI" / "Resources" / "UI" / "SegXAI.ui")))
+    result = {}
+    for widget in ui.findChildren(qt.QWidget):
+        name = widget.property("SlicerParameterName")
+        if not name:
+            continue
+        try:
+            connector = createGuiConnector(widget, SegXAI.SegXAIParameterNode.dataType(name))
+            result[name] = {"widget": type(widget).__name__, "connector": type(connector).__name__}
+        except Exception as err:
+            result[name] = {"widget": type(widget).__name__, "error": f"{type(err).__name__}: {err}"}
+    out["connectors"] = result
+
+
+def scenario_open_without_torch(slicer, SegXAI, out):
+    """setup() on a fresh Slicer: torch and MONAI not importable; the panel opens, models listed, Apply reachable."""
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    widget = open_panel(slicer, SegXAI)
+    ui = widget.ui
+    out["torch_blocked"] = sys.modules.get("torch", "absent") is None
+    out["models"] = [ui.modelComboBox.itemText(i) for i in range(ui.modelComboBox.count())]
+    out["target_classes"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count())]
+    out["apply_enabled"] = bool(ui.applyButton.enabled)
+    out["input_bound"] = widget._parameterNode.inputVolume is volume
+    # device / region round trip through Slicer's real connector and serializer
+    ui.deviceComboBox.setCurrentText("cpu")
+    ui.regionComboBox.setCurrentText("point")
+    out["device_param"] = widget._parameterNode.device
+    out["region_param"] = widget._parameterNode.region
+    out["point_widgets_visible"] = bool(ui.regionPointSelector.visible) and not ui.regionSegmentSelector.visible
+    widget._parameterNode.device = "cuda"
+    out["device_widget"] = ui.deviceComboBox.currentText
+    # Apply on a fresh Slicer: the install prompt comes, nothing starts when the user says no
+    prompts = []
+    slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: prompts.append(text) or False
+    ui.applyButton.click()
+    out["install_prompt"] = prompts
+    out["busy_after_no"] = widget.logic.busy
+    out["loaded_torch"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "monai") and sys.modules[m] is not None)
+    out["widgets_with_parameter"] = sorted(n for n in vars(ui) if getattr(ui, n).property("SlicerParameterName"))
+
+
+def scenario_load_model_item(slicer, SegXAI, out, tmp):
+    """Picking "Load model…" opens the folder chooser; a chosen folder is added and selected; cancel goes back."""
+    import qt
+
+    from SegXAILib.models.store import bundled_models, models_dir
+
+    widget = open_panel(slicer, SegXAI)
+    ui = widget.ui
+    before = ui.modelComboBox.currentText
+    qt.QFileDialog.next_directory = ""
+    qt.QFileDialog.calls.clear()
+    ui.modelComboBox.setCurrentText("Load model…")
+    out["cancel_opened_chooser"] = len(qt.QFileDialog.calls)
+    out["cancel_back_to"] = [before, ui.modelComboBox.currentText]
+    card = json.loads((models_dir() / bundled_models()[0] / "card.json").read_text())
+    card["name"] = "my-own-model"
+    folder = Path(tmp) / "my-own-model-folder"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text(json.dumps(card))
+    qt.QFileDialog.next_directory = str(folder)
+    ui.modelComboBox.setCurrentText("Load model…")
+    out["chosen_selected"] = ui.modelComboBox.currentText
+    out["chosen_model"] = widget.selectedModel()
+    out["chosen_folder"] = str(folder)
+    out["targets_after_load"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count())]
+
+
+def scenario_results_go_to_processed_volume(slicer, SegXAI, out):
+    """A job runs on CT A; the user selects CT B before it ends; results and metrics belong to A, reference = now."""
+    a = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT A")
+    b = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT B")
+    ref1 = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reference 1")
+    ref2 = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reference 2")
+    widget = open_panel(slicer, SegXAI)
+    ui, logic = widget.ui, widget.logic
+    widget._parameterNode.inputVolume = a
+    shown, metrics = [], []
+
+    class FinishedJob:
+        running = True
+
+        def poll(self):
+            self.running = False
+            return [("line", "SEGXAI-DONE /tmp/job/manifest.json\n")]
+
+        def release(self):
+            self.running = False
+
+        cancel = release
+
+    def fake_show(manifest, volumeNode, opacity=0.4, outputSegmentation=None):
+        shown.append(volumeNode.GetName())
+        logic.book.record(volumeNode.GetID(), {"provenance": {"model": "m", "device": "cpu"}, "maps": []})
+
+    def fake_metrics(volumeNode, referenceNode):
+        metrics.append((volumeNode.GetName() if volumeNode else None, referenceNode.GetName() if referenceNode else None,
+                        bool(logic.book.job_for(volumeNode.GetID() if volumeNode else None))))
+        return None
+
+    logic.showResults = fake_show
+    logic.updateMetrics = fake_metrics
+    logic.book.started(a.GetID())  # what logic.start records
+    logic._job = FinishedJob()
+    widget._parameterNode.inputVolume = b  # the user moves on while the job runs
+    widget.onPoll()
+    out["results_on"] = shown
+    ui.referenceSegmentationSelector.setCurrentNode(ref1)
+    ui.referenceSegmentationSelector.setCurrentNode(ref2)
+    out["metrics_calls"] = list(metrics)
+    out["summary_on_b"] = ui.runSummaryLabel.text
+    widget._parameterNode.inputVolume = a
+    out["summary_on_a"] = ui.runSummaryLabel.text
+    out["metrics_after_selecting_a"] = metrics[len(out["metrics_calls"]):]
+
+
+def scenario_cancel_and_log(slicer, SegXAI, out):
+    """Start a real background process that prints undecodable bytes; the log shows it; Cancel ends the tree."""
+    from SegXAILib.process_tree import BackgroundJob
+
+    widget = open_panel(slicer, SegXAI)
+    ui, logic = widget.ui, widget.logic
+    script = ("import sys, time; sys.stdout.buffer.write(b'caf\\xe9 \\xff\\n'); sys.stdout.flush(); "
+              "print('SEGXAI-PROGRESS {\"stage\": \"sliding window\", \"fraction\": 0.5}', flush=True); time.sleep(60)")
+    logic._job = BackgroundJob([[sys.executable, "-c", script]]).start()
+    widget._showBusy("starting…")
+    import time
+
+    deadline = time.time() + 30
+    while "sliding window" not in ui.statusLabel.text and time.time() < deadline:
+        widget.onPoll()
+        time.sleep(0.05)
+    out["log"] = ui.logTextEdit.toPlainText()
+    out["status"] = ui.statusLabel.text
+    out["progress"] = ui.progressBar.value
+    out["button_while_running"] = ui.applyButton.text
+    process = logic._job.process
+    ui.applyButton.click()  # Cancel
+    out["returncode_after_cancel"] = process.poll()
+    out["button_after_cancel"] = ui.applyButton.text
+    out["busy_after_cancel"] = logic.busy
+
+
+SCENARIOS = [scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
+             scenario_results_go_to_processed_volume, scenario_cancel_and_log]
+
+
+def main(path: str) -> int:
+    import tempfile
+
+    results = {}
+    try:
+        slicer, SegXAI = _prepare()
+    except Exception:
+        results["import"] = {"error": traceback.format_exc()}
+        Path(path).write_text(json.dumps(results, indent=1))
+        return 0
+    results["import"] = {"module": SegXAI.__file__}
+    with tempfile.TemporaryDirectory(prefix="segxai-standins-") as tmp:
+        for scenario in SCENARIOS:
+            out = {}
+            slicer.mrmlScene.Clear(0)
+            try:
+                if "tmp" in scenario.__code__.co_varnames[:scenario.__code__.co_argcount]:
+                    scenario(slicer, SegXAI, out, tmp)
+                else:
+                    scenario(slicer, SegXAI, out)
+            except Exception:
+                out["error"] = traceback.format_exc()
+            while OPENED:
+                OPENED.pop().cleanup()
+            results[scenario.__name__[len("scenario_"):]] = out
+    Path(path).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

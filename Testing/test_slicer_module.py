@@ -1,0 +1,111 @@
+"""The SegXAI panel against Slicer 5.8.1's own Python (``../shared/slicer-5.8.1``): Slicer's real
+``parameterNodeWrapper`` builds the GUI connectors, Slicer's real ``ScriptedLoadableModule`` runs ``setup()``,
+slicer-core provides MRML; only ``qt``/``ctk`` are small stand-ins (``Testing/slicer_standins``).
+
+Everything runs once, in one subprocess where torch and MONAI cannot be imported (a fresh Slicer), so the stand-ins
+never touch this pytest process. Each test reads one scenario's record.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICER_581 = ROOT.parent / "shared" / "slicer-5.8.1" / "Base" / "Python" / "slicer"
+UI = ROOT / "SegXAI" / "Resources" / "UI" / "SegXAI.ui"
+
+pytestmark = pytest.mark.skipif(not SLICER_581.is_dir(), reason="Slicer 5.8.1's Python is not beside the checkout")
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    pytest.importorskip("slicer")
+    out = tmp_path_factory.mktemp("scenarios") / "scenarios.json"
+    proc = subprocess.run([sys.executable, "-m", "slicer_standins.scenarios", str(out)], cwd=ROOT / "Testing",
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert "error" not in data["import"], data["import"]["error"]
+    return data
+
+
+def scenario(record, name) -> dict:
+    result = record[name]
+    assert "error" not in result, result["error"]
+    return result
+
+
+def ui_parameter_names() -> dict:
+    tree = ET.parse(UI)
+    names = {}
+    for widget in tree.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                names[prop.find("string").text] = widget.get("class")
+    return names
+
+
+def test_module_imports_against_slicer_581(record):
+    assert Path(record["import"]["module"]).resolve() == (ROOT / "SegXAI" / "SegXAI.py").resolve()
+
+
+def test_every_ui_parameter_gets_slicers_connector(record):
+    """Finding 2: Slicer's createGuiConnector raises for a str bound to a QComboBox without Choice."""
+    connectors = scenario(record, "connectors")["connectors"]
+    assert set(connectors) == set(ui_parameter_names())
+    failed = {name: c["error"] for name, c in connectors.items() if "error" in c}
+    assert not failed, failed
+    assert connectors["device"]["connector"] == connectors["region"]["connector"] == "QComboBoxToStringableConnector"
+
+
+def test_panel_opens_without_torch_and_apply_reaches_install_prompt(record):
+    """Finding 1: setup() → populateModels() on a Slicer where torch and MONAI are not installed."""
+    seen = scenario(record, "open_without_torch")
+    assert seen["torch_blocked"] and seen["loaded_torch"] == []
+    assert {"segxai-resunet-3mm", "segxai-transunet-3mm"} <= set(seen["models"]) and seen["models"][-1] == "Load model…"
+    assert "liver" in seen["target_classes"]
+    assert seen["input_bound"] and seen["apply_enabled"]
+    assert len(seen["install_prompt"]) == 1 and "PyTorch" in seen["install_prompt"][0]
+    assert not seen["busy_after_no"]
+
+
+def test_combo_box_parameters_round_trip_through_slicers_connector(record):
+    seen = scenario(record, "open_without_torch")
+    assert (seen["device_param"], seen["region_param"], seen["device_widget"]) == ("cpu", "point", "cuda")
+    assert seen["point_widgets_visible"]
+    assert set(seen["widgets_with_parameter"]) >= {"outputSegmentationSelector", "deviceComboBox", "regionComboBox"}
+
+
+def test_load_model_item_opens_folder_chooser(record):
+    """Finding 10: picking "Load model…" in the list opens the chooser; cancel returns to the previous model."""
+    seen = scenario(record, "load_model_item")
+    assert seen["cancel_opened_chooser"] == 1
+    assert seen["cancel_back_to"][0] == seen["cancel_back_to"][1] != "Load model…"
+    assert seen["chosen_selected"] == "my-own-model"
+    assert seen["chosen_model"] == seen["chosen_folder"]
+    assert "liver" in seen["targets_after_load"]
+
+
+def test_results_attach_to_processed_volume_and_metrics_use_reference_now(record):
+    """Finding 7: the job ran on CT A while CT B got selected; the reference is the one just chosen."""
+    seen = scenario(record, "results_go_to_processed_volume")
+    assert seen["results_on"] == ["CT A"]
+    with_reference = [call for call in seen["metrics_calls"] if call[1]]
+    assert [call[:2] for call in with_reference] == [["CT B", "reference 1"], ["CT B", "reference 2"]]
+    assert not any(call[2] for call in seen["metrics_calls"]), "CT B has no job of its own; none may be reused"
+    assert seen["summary_on_b"] == "" and "model m" in seen["summary_on_a"]
+    assert seen["metrics_after_selecting_a"] == [["CT A", "reference 2", True]]
+
+
+def test_log_box_shows_undecodable_output_and_cancel_ends_the_run(record):
+    """Finding 10 (reader thread survives bytes that are not UTF-8) and the log box beside the progress bar."""
+    seen = scenario(record, "cancel_and_log")
+    assert seen["log"].startswith("caf\ufffd")
+    assert (seen["status"], seen["progress"], seen["button_while_running"]) == ("sliding window", 50, "Cancel")
+    assert seen["returncode_after_cancel"] is not None and seen["button_after_cancel"] == "Apply"
+    assert not seen["busy_after_cancel"]
