@@ -8,29 +8,45 @@ from __future__ import annotations
 
 import math
 
-#: report key (dotted for nested values) → (plain name, what a good value is)
+#: score key (the last part of a dotted key) → (plain name, what a good value is)
 LABELS = {
-    "energy_inside": ("Relevance inside the target", "higher is better: share of the positive relevance that falls inside the explained region (0–1)"),
+    "energy_inside": ("Relevance inside the target", "higher is better: share of the positive relevance inside the explained region (0–1)"),
+    "relevance_mass_accuracy": ("Relevance mass in the target", "higher is better: share of all relevance inside the explained region (0–1)"),
+    "relevance_rank_accuracy": ("Relevance rank in the target", "higher is better: share of the region's voxels among the most relevant ones (0–1)"),
     "pointing_game": ("Peak inside the target", "1 is good: the map's largest value lies inside the explained region"),
-    "curves.deletion_auc": ("Deletion AUC", "lower is better: the prediction drops fast when the most relevant voxels are removed first"),
-    "curves.insertion_auc": ("Insertion AUC", "higher is better: the prediction recovers fast when the most relevant voxels are put back first"),
-    "randomisation_spearman": ("Similarity after randomising the model", "near 0 is good: the map changes when the model's weights are randomised (sanity check)"),
-    "checks.completeness_error": ("Completeness error", "near 0 is good: the attributions add up to the change in the model's output"),
-    "checks.conservation_error": ("Conservation error", "near 0 is good: LRP relevance is conserved from output to input"),
-    "relevance_mass": ("Relevance mass in the target", "higher is better: share of all relevance that falls inside the explained region"),
-    "road": ("ROAD score", "higher is better: removing the most relevant voxels (with noisy linear imputation) lowers the prediction more than removing the least relevant"),
-    "sparseness": ("Sparseness (Gini)", "higher means a more focused map (0 = spread evenly, 1 = one voxel)"),
-    "cascading_randomisation": ("Similarity after cascading randomisation", "near 0 is good: the map changes as more layers are randomised"),
+    "deletion_auc": ("Deletion AUC", "lower is better: the prediction drops fast when the most relevant voxels are removed first"),
+    "insertion_auc": ("Insertion AUC", "higher is better: the prediction recovers fast when the most relevant voxels are put back first"),
+    "deletion_auc_normalised": ("Deletion AUC (normalised)", "lower is better: 0 = the prediction is gone at once, 1 = it never drops"),
+    "insertion_auc_normalised": ("Insertion AUC (normalised)", "higher is better: 1 = the prediction is back at once, 0 = never"),
+    "dynamic_range": ("Score range of the deletion test", "informative: the prediction with the voxels present minus with all removed; near 0 makes the AUCs meaningless"),
+    "morf_auc": ("ROAD, most relevant first (AUC)", "lower is better: removing the most relevant voxels (noisy linear imputation) lowers the prediction fast"),
+    "lerf_auc": ("ROAD, least relevant first (AUC)", "higher is better: removing the least relevant voxels first barely changes the prediction"),
+    "faithfulness_correlation": ("Faithfulness correlation", "higher is better: removing voxels with more relevance lowers the prediction more (−1 to 1)"),
+    "randomisation_spearman": ("Similarity after randomising the model (rank)", "near 0 is good: the map changes when the model's weights are randomised (sanity check)"),
+    "randomisation_ssim": ("Similarity after randomising the model (SSIM)", "near 0 is good: the map changes when the model's weights are randomised (sanity check)"),
+    "completeness_error": ("Completeness error", "near 0 is good: the attributions add up to the change in the model's output"),
+    "conservation_error": ("Conservation error", "near 0 is good: LRP relevance is conserved from output to input"),
+    "gini_sparseness": ("Sparseness (Gini)", "higher means a more focused map (0 = spread evenly, 1 = a single voxel)"),
+    "sparseness": ("Sparseness (Gini)", "higher means a more focused map (0 = spread evenly, 1 = a single voxel)"),
+    "entropy_complexity": ("Complexity (entropy)", "lower means a simpler, more focused map"),
+    "complexity": ("Complexity (entropy)", "lower means a simpler, more focused map"),
 }
 
-#: keys that describe a run rather than score it (not shown as scores)
-NOT_SCORES = ("fractions", "deletion", "insertion", "totals", "seconds")
+#: keys that describe a run rather than score it (curves, counts, settings): not shown as scores
+NOT_SCORES = ("fractions", "deletion", "insertion", "totals", "seconds", "morf", "lerf", "morf_fractions",
+              "lerf_fractions", "steps", "layers", "runs", "subset_units", "voxels", "score_original", "score_removed",
+              "mask_fraction", "pointing_game_tolerance_mm", "localisation_against")
+
+
+def _label(key: str):
+    return LABELS.get(key) or LABELS.get(key.rsplit(".", 1)[-1])
 
 
 def plain_name(key: str) -> str:
-    """The plain name of a score key; an unknown key becomes words ("foo_bar.baz_auc" → "Foo bar baz AUC")."""
-    if key in LABELS:
-        return LABELS[key][0]
+    """The plain name of a score key (by its last part: "curves.deletion_auc" → "Deletion AUC"); an unknown key
+    becomes words ("foo_bar.baz_auc" → "Foo bar baz AUC")."""
+    if _label(key):
+        return _label(key)[0]
     words = key.replace(".", " ").replace("_", " ").split()
     text = " ".join("AUC" if w.lower() == "auc" else w for w in words)
     return text[:1].upper() + text[1:]
@@ -38,7 +54,7 @@ def plain_name(key: str) -> str:
 
 def what_is_good(key: str) -> str:
     """One line on what a good value of ``key`` is ("" when the score is not known here)."""
-    return LABELS.get(key, ("", ""))[1]
+    return (_label(key) or ("", ""))[1]
 
 
 def _is_number(value) -> bool:
@@ -83,7 +99,7 @@ def scores_rows(maps: list) -> list:
 
 def legend_rows(rows: list) -> list:
     """``[(plain name, what is good)]`` for the score columns that appear in ``rows`` (for the panel's tooltip)."""
-    names = {plain_name(k): k for k in LABELS}
+    names = {label: key for key, (label, _) in LABELS.items()}
     seen = []
     for row in rows:
         for column in row:

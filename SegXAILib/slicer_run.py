@@ -205,15 +205,11 @@ def load_job(manifest_path: str | os.PathLike) -> dict:
 
 
 def scores_rows(maps: list) -> list:
-    """One table row per map: method, layer, target, and every numeric quality score in its metadata."""
-    rows = []
-    for name, _, meta, signed in maps:
-        row = {"map": name, "method": meta.get("method", name), "layer": meta.get("layer", ""), "signed": signed}
-        for key, value in (meta.get("scores") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                row[key] = value
-        rows.append(row)
-    return rows
+    """One table row per map with every score (nested deletion/insertion included) by plain name; see
+    :func:`SegXAILib.score_labels.scores_rows`."""
+    from .score_labels import scores_rows as rows
+
+    return rows(maps)
 
 
 # ---- the child's main -----------------------------------------------------------------------------

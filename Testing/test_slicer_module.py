@@ -109,3 +109,11 @@ def test_log_box_shows_undecodable_output_and_cancel_ends_the_run(record):
     assert (seen["status"], seen["progress"], seen["button_while_running"]) == ("sliding window", 50, "Cancel")
     assert seen["returncode_after_cancel"] is not None and seen["button_after_cancel"] == "Apply"
     assert not seen["busy_after_cancel"]
+
+
+def test_job_folder_with_region_mask_is_deleted_after_the_run(record):
+    """Finding 10: the region mask lives in the job's folder (no stray segxai-region-* folders), deleted with it."""
+    seen = scenario(record, "cancel_and_log")
+    assert seen["work_dir_name"].startswith("segxai-") and seen["work_dir_left"] is False
+    source = (ROOT / "SegXAI" / "SegXAI.py").read_text()
+    assert "segxai-region-" not in source and 'Path(workDir) / "region.nrrd"' in source

@@ -63,7 +63,7 @@ def test_normalise_maps_accepts_tuples_dicts_and_objects():
     assert [(m[0], m[3]) for m in maps] == [("gradcam", False), ("ig", True), ("lrp", True)]
     assert maps[2][2]["scores"]["energy_in_target"] == 0.7
     rows = slicer_run.scores_rows(maps)
-    assert rows[2]["energy_in_target"] == 0.7 and rows[0]["layer"] == "a"
+    assert rows[2]["Energy in target"] == 0.7 and rows[0]["Layer"] == "a"
     with pytest.raises(TypeError):
         slicer_run.normalise_maps([("x", np.zeros(3), {}, False)])
 
@@ -89,3 +89,218 @@ def test_child_process_segments_and_parent_loads(tmp_path):
     assert job["labels"].same_geometry(read_volume(CT), atol=1e-4)
     assert job["classes"][1].name == "liver" and job["classes"][1].snomed_code == "10200004"
     assert job["maps"] == [] and job["provenance"]["model"]
+
+
+# ---- scores reach the table (finding 8) ------------------------------------------------------------
+def test_scores_rows_flatten_nested_deletion_insertion_with_plain_names():
+    """The report's quality holds the deletion/insertion AUCs in a nested dict; the table must show them."""
+    from SegXAILib import quality
+    from SegXAILib.explaining import MethodResult
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    saliency = np.abs(image)
+    region = np.zeros(image.shape, bool)
+    region[1:3, 1:4, 2:5] = True
+    curves = quality.deletion_insertion(lambda x: float(np.abs(x)[region].mean()), image, np.zeros_like(image), saliency, 10)
+    scores = {"energy_inside": quality.energy_inside(saliency, region), "pointing_game": quality.pointing_game(saliency, region),
+              "curves": curves}
+    result = MethodResult("ig", Volume(saliency, np.eye(4)), saliency, {"steps": 8}, 0.1,
+                          {"totals": {"score": 1.0}, "completeness_error": 0.02}, scores)
+    (row,) = slicer_run.scores_rows(slicer_run.normalise_maps([result]))
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy's own integral, not quality.auc
+    assert row["Deletion AUC"] == pytest.approx(trapezoid(curves["deletion"], curves["fractions"]))
+    assert row["Insertion AUC"] == pytest.approx(trapezoid(curves["insertion"], curves["fractions"]))
+    peak_inside = bool(region.flat[int(np.argmax(saliency))])
+    assert row["Peak inside the target"] == int(peak_inside)
+    assert row["Relevance inside the target"] == pytest.approx(saliency[region].sum() / saliency.sum())
+    assert row["Completeness error"] == 0.02 and row["Method"] == "ig" and row["Signed"] is True
+    assert not any(isinstance(v, (list, dict)) for v in row.values()), "curves and totals are not table cells"
+
+
+def test_score_labels_say_what_is_good():
+    from SegXAILib import score_labels
+
+    assert score_labels.plain_name("curves.deletion_auc") == "Deletion AUC"
+    assert "lower is better" in score_labels.what_is_good("curves.deletion_auc")
+    assert "higher is better" in score_labels.what_is_good("insertion_auc")
+    assert score_labels.plain_name("new_score.some_auc") == "New score some AUC"
+    rows = [{"Map": "ig", "Deletion AUC": 0.1, "Completeness error": 0.0}]
+    assert [name for name, _ in score_labels.legend_rows(rows)] == ["Deletion AUC", "Completeness error"]
+
+
+# ---- the background process (findings 5 and 10) -----------------------------------------------------
+GRANDPARENT = r"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"])
+open(sys.argv[1], "w").write(str(child.pid))
+print("started", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent to reap it counts as ended)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups; Windows uses taskkill /T")
+def test_kill_tree_stops_the_grandchild(tmp_path):
+    """PythonSlicer is a launcher: its Python child (here the grandchild) must stop on Cancel too."""
+    import time
+
+    from SegXAILib import process_tree
+
+    pid_file = tmp_path / "grandchild.pid"
+    process = process_tree.start([sys.executable, "-c", GRANDPARENT, str(pid_file)])
+    assert process.stdout.readline().strip() == b"started"
+    grandchild = int(pid_file.read_text())
+    assert _alive(grandchild)
+    process_tree.kill_tree(process)
+    assert process.poll() is not None
+    for _ in range(100):  # the kernel needs a moment to deliver the signal to the group
+        if not _alive(grandchild):
+            break
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the grandchild survived Cancel"
+
+
+def test_background_job_survives_bytes_that_are_not_utf8():
+    """A UnicodeDecodeError must not end the reader: the lines after it still arrive, and so does the end."""
+    import time
+
+    from SegXAILib.process_tree import BackgroundJob
+
+    script = "import sys; sys.stdout.buffer.write(b'\\xff\\xfe caf\\xe9\\n'); print('SEGXAI-DONE /x/manifest.json')"
+    job = BackgroundJob([[sys.executable, "-c", script]]).start()
+    events = []
+    for _ in range(400):
+        events += job.poll()
+        if any(k == "finished" for k, _ in events):
+            break
+        time.sleep(0.025)
+    lines = [p for k, p in events if k == "line"]
+    assert lines[0] == b"\xff\xfe caf\xe9\n".decode("utf-8", errors="replace")
+    assert slicer_run.parse_line(lines[1]) == ("done", "/x/manifest.json")
+    assert events[-1] == ("finished", 0) and not job.running
+
+
+def test_background_job_stops_at_the_first_failing_command(tmp_path):
+    import time
+
+    from SegXAILib.process_tree import BackgroundJob
+
+    marker = tmp_path / "second-ran"
+    fail = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    second = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    job = BackgroundJob([fail, second]).start()
+    events = []
+    for _ in range(400):
+        events += job.poll()
+        if not job.running:
+            break
+        time.sleep(0.025)
+    assert ("line", "boom\n") in events and events[-1] == ("failed", (fail, 3))
+    assert not marker.exists()
+
+
+def test_windows_child_gets_no_console_window():
+    """Finding 10: PythonSlicer.exe is a console program; without these flags each run opens a console."""
+    from SegXAILib import process_tree
+
+    options = process_tree.popen_options("nt")
+    assert options["creationflags"] & 0x08000000  # CREATE_NO_WINDOW (Win32 process creation flags)
+    if hasattr(subprocess, "CREATE_NO_WINDOW"):  # on Windows, Python's own constant
+        assert options["creationflags"] & subprocess.CREATE_NO_WINDOW
+        assert options["startupinfo"].wShowWindow == 0
+    assert process_tree.popen_options("posix") == {"start_new_session": True}
+
+
+# ---- dependencies (finding 10) ------------------------------------------------------------------------
+def _plan(tmp_path, versions, importable):
+    from SegXAILib import dependencies
+
+    find_spec = lambda name: object() if name in importable else None  # noqa: E731
+    return dependencies.plan("/slicer/bin/PythonSlicer", tmp_path, find_spec, versions.get)
+
+
+def test_install_resolves_dependencies_but_never_replaces_torch_numpy_simpleitk(tmp_path):
+    from packaging.requirements import Requirement
+
+    versions = {"torch": "2.13.0+cpu", "numpy": "1.26.4", "SimpleITK": "2.4.1"}
+    commands, message = _plan(tmp_path, versions, {"torch", "einops", "scipy", "safetensors", "slicerio", "nrrd", "tqdm"})
+    (pip,) = commands
+    assert pip[:4] == ["/slicer/bin/PythonSlicer", "-m", "pip", "install"] and "--no-deps" not in pip
+    assert pip[-1] == "monai>=1.3" and "PyTorch" not in message
+    constraints = Path(pip[pip.index("--constraint") + 1]).read_text().split()
+    pins = {Requirement(line).name: Requirement(line).specifier for line in constraints}  # pip's own grammar
+    assert set(pins) == {"torch", "numpy", "SimpleITK"}
+    for name, version in versions.items():
+        assert pins[name].contains(version, prereleases=True)
+    assert not pins["numpy"].contains("2.1.0") and not pins["torch"].contains("2.14.0")
+
+
+def test_old_or_missing_torch_is_installed_first_with_a_minimum_version(tmp_path):
+    from packaging.version import Version
+
+    from SegXAILib import dependencies
+
+    for version in ("1.13.1", "2.0.1", "2.1.0", "2.9.1", "2.13.0+cpu", "10.0"):  # '2.13' < '2.2' as strings
+        assert dependencies.torch_is_recent(version) == (Version(version) >= Version(dependencies.MINIMUM_TORCH))
+    everything = set(dependencies.REQUIREMENTS)
+    commands, message = _plan(tmp_path, {"torch": "1.13.1", "numpy": "1.26.4"}, everything | {"torch"})
+    assert commands[-1][-2:] == ["install", "torch>=2.1"] and "light_the_torch" in commands[-1]
+    assert "1.13.1 is installed" in message
+    commands, _ = _plan(tmp_path, {"torch": "2.13.0"}, everything)  # metadata left, import impossible
+    assert any("torch>=2.1" in c for c in commands)
+    assert _plan(tmp_path, {"torch": "2.13.0"}, everything | {"torch"}) == ([], "")
+
+
+# ---- the sample and the Windows import (findings 4 and UX) ----------------------------------------------
+def test_sample_ct_is_offered_to_sample_data_by_a_url_urllib_can_read():
+    import urllib.request
+
+    from SegXAILib import module_logic
+
+    source = module_logic.sample_data_source()
+    with urllib.request.urlopen(source["uris"]) as response:  # what SampleData's downloader does
+        data = response.read()
+    assert data == module_logic.sample_ct().read_bytes()
+    import hashlib
+
+    assert source["checksums"] == "SHA256:" + hashlib.sha256(data).hexdigest()
+    assert source["fileNames"].endswith(".nii.gz") and source["loadFileType"] == "VolumeFile"
+
+
+def test_explaining_imports_and_reports_memory_without_resource_module():
+    """Finding 4: Windows has no ``resource``; explaining must import and peak_memory must still answer."""
+    script = ("import sys; sys.modules['resource'] = None\n"
+              "import torch; from SegXAILib import explaining\n"
+              "print(explaining.peak_memory(torch.device('cpu')))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "{}"
+
+
+def test_region_in_words_reads_the_strings_targets_parses():
+    from SegXAILib import module_logic
+    from SegXAILib.targets import parse_region
+
+    text = "point:10.5,-20,30:15"
+    spec = parse_region(text)
+    words = module_logic.region_in_words(text, "liver")
+    assert words == f"a {spec.radius:g} mm ball around R {spec.point[0]:g}, A {spec.point[1]:g}, S {spec.point[2]:g}"
+    assert module_logic.region_in_words("predicted", "liver") == "where the model finds liver"
+    assert module_logic.region_in_words(None) == "where the model finds the target class"

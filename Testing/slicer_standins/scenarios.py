@@ -182,6 +182,9 @@ def scenario_cancel_and_log(slicer, SegXAI, out):
     ui, logic = widget.ui, widget.logic
     script = ("import sys, time; sys.stdout.buffer.write(b'caf\\xe9 \\xff\\n'); sys.stdout.flush(); "
               "print('SEGXAI-PROGRESS {\"stage\": \"sliding window\", \"fraction\": 0.5}', flush=True); time.sleep(60)")
+    work = Path(logic.newWorkDir())  # what Apply makes: the job's folder, which holds the region mask too
+    (work / "region.nrrd").write_bytes(b"mask")
+    out["work_dir_name"] = work.name
     logic._job = BackgroundJob([[sys.executable, "-c", script]]).start()
     widget._showBusy("starting…")
     import time
@@ -199,6 +202,7 @@ def scenario_cancel_and_log(slicer, SegXAI, out):
     out["returncode_after_cancel"] = process.poll()
     out["button_after_cancel"] = ui.applyButton.text
     out["busy_after_cancel"] = logic.busy
+    out["work_dir_left"] = work.exists()
 
 
 SCENARIOS = [scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
