@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..errors import SegXAIError
 from .base import Attribution, Explainer, LayerCapture, target_score, to_grid, upsample
 
 #: a map whose positive voxels are fewer than this fraction of the volume is reported as (almost) empty
@@ -67,37 +68,20 @@ class _LayerCAM(Explainer):
         return Attribution(torch.stack(maps), {"score": sum(scores)})
 
     # -- the whole tiled volume -------------------------------------------------------------------------------
-    def _layer_pass(self, tiles):
-        """Every window's layer activation, and its gradient where the window holds target voxels (fp32, CPU)."""
-        acts, grads, score = [], [], 0.0
-        scale = self.target_scale(float(tiles.region_voxels))
-        for n in range(len(tiles)):
-            x = tiles.tensor(tiles.image, n)
-            with LayerCapture(tiles.network, self.layer) as cap, tiles.autocast():
-                if tiles.has_target(n):
-                    with torch.enable_grad():
-                        s = target_score(tiles.network(x.requires_grad_(True)), tiles.class_index, tiles.share(n)).sum()
-                        act, grad = cap.activation_and_gradient(s)
-                    score += float(s.detach())
-                    grad = grad[0].cpu() * scale
-                else:
-                    with torch.no_grad():
-                        tiles.network(x)
-                    act = to_grid(tiles.network, cap.output.detach().float())
-                    grad = torch.zeros_like(act[0], device="cpu")
-            acts.append(act[0].cpu())
-            grads.append(grad)
-            tiles.step(n + 1, 2 * len(tiles))
-        return acts, grads, score
-
     def explain_tiles(self, tiles):
-        acts, grads, score = self._layer_pass(tiles)
+        passes, score = layer_passes(tiles, [self.layer])
+        acts, grads = passes[self.layer]
+        return self.assemble(tiles, acts, grads, score)
+
+    def assemble(self, tiles, acts: list, grads: list, score: float):
+        """The whole-volume map on the padded grid from every window's activation and gradient of F."""
+        scale = self.target_scale(float(tiles.region_voxels))
+        grads = [g * scale for g in grads] if scale != 1.0 else grads
         weights = self.channel_weights(acts, grads)
         out = np.zeros(tiles.shape, dtype=np.float32)
         for n, (act, grad) in enumerate(zip(acts, grads)):
             m = upsample(self.window_map(act, grad, weights)[None], tiles.patch)[0].numpy()
             out[tiles.window(n)] += m * tiles.blend(n) if self.blended else m
-            tiles.step(len(tiles) + n + 1, 2 * len(tiles))
         out = np.maximum(out, 0.0)
         return out, {"score": score, **self.diagnostics(tiles.crop(out), weights)}
 
@@ -150,3 +134,50 @@ class GradCAMPlusPlus(_LayerCAM):
             alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
             total = total + (alpha * torch.relu(g)).sum(dim=(1, 2, 3))
         return total
+
+
+def layer_passes(tiles, layers) -> tuple:
+    """({layer: (activations, gradients of F)}, F) with one forward (+ backward where the target is) per window.
+
+    Activations (C, d, h, w) fp32 on the CPU for every window; gradients zero where a window holds no target
+    voxel. Several layers share the passes (used to compare layers by measurement).
+    """
+    from .base import find_layer
+
+    modules = {name: find_layer(tiles.network, name) for name in layers}
+    out = {name: ([], []) for name in layers}
+    score = 0.0
+    for n in range(len(tiles)):
+        captured = {}
+        handles = [m.register_forward_hook(lambda mod, i, o, name=name: captured.__setitem__(
+            name, o[0] if isinstance(o, (tuple, list)) else o)) for name, m in modules.items()]
+        try:
+            x = tiles.tensor(tiles.image, n)
+            with tiles.autocast():
+                if tiles.has_target(n):
+                    with torch.enable_grad():
+                        s = target_score(tiles.network(x.requires_grad_(True)), tiles.class_index, tiles.share(n)).sum()
+                        _check_used(layers, captured)
+                        grads = torch.autograd.grad(s, [captured[name] for name in layers])
+                    score += float(s.detach())
+                else:
+                    with torch.no_grad():
+                        tiles.network(x)
+                    _check_used(layers, captured)
+                    grads = [None] * len(layers)
+        finally:
+            for h in handles:
+                h.remove()
+        for name, grad in zip(layers, grads):
+            act = to_grid(tiles.network, captured[name].detach().float())[0].cpu()
+            out[name][0].append(act)
+            out[name][1].append(to_grid(tiles.network, grad.detach().float())[0].cpu() if grad is not None
+                                else torch.zeros_like(act))
+        tiles.step(n + 1, len(tiles))
+    return out, score
+
+
+def _check_used(layers, captured) -> None:
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        raise SegXAIError(f"layer {missing[0]!r} was not used in the forward pass; choose another layer")
