@@ -221,7 +221,8 @@ def _sigma_detached_norm(module: nn.Module, x: torch.Tensor):
     if use_running:
         mean, var = module.running_mean.view(param_shape), module.running_var.view(param_shape)
         scale = 1.0 / torch.sqrt(var + module.eps)
-        y, shift = x * scale, -mean * scale
+        shift = -mean * scale
+        y = x * scale + shift
     else:
         centred = x - x.mean(dim=dims, keepdim=True)  # centring kept in the graph: a linear map of x
         scale = 1.0 / torch.sqrt(centred.detach().pow(2).mean(dim=dims, keepdim=True) + module.eps)
