@@ -1,5 +1,6 @@
-"""Quality scores (energy inside, pointing game, deletion/insertion, randomisation), the curves PNG, and the
-``segxai explain`` CLI hook end to end on a tiny model."""
+"""evaluate_map (every key in SCORES, JSON-able, groups and errors), the controls, the body mask and the removal
+baseline; the explain pipeline and the ``segxai explain`` CLI hook end to end on a tiny model (smoke tests: the
+scores themselves are checked against oracles in test_quality_*.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,55 +12,90 @@ import SimpleITK as sitk
 import torch
 
 from SegXAILib.errors import SegXAIError
-from SegXAILib.quality import auc, deletion_insertion, energy_inside, plot_curves, pointing_game, randomised_copy, spearman
+from SegXAILib.preprocessing import IntensityWindow
+from SegXAILib.quality import (DEFAULT_GROUPS, GROUPS, SCORES, body_region, control_maps, evaluate_map, plot_curves,
+                               removal_baseline)
+from test_quality_faithfulness import linear_problem
 from test_tiling import oblique_ct, tiny_model
 
 torch.set_num_threads(1)
 
 
-def test_energy_and_pointing_game():
-    sal = np.zeros((4, 4, 4), dtype=np.float32)
-    region = np.zeros(sal.shape, dtype=bool)
-    region[:2] = True
-    sal[0, 0, 0], sal[3, 3, 3], sal[1, 1, 1] = 3.0, 1.0, -5.0  # negative saliency is not energy
-    assert energy_inside(sal, region) == pytest.approx(0.75)
-    assert pointing_game(sal, region) is True
-    sal[3, 3, 3] = 4.0
-    assert pointing_game(sal, region) is False
-    assert np.isnan(energy_inside(np.zeros_like(sal), region))
+def test_evaluate_map_returns_flat_json_with_documented_keys_and_ranks_the_truth_first():
+    # baseline 0.5: the mean of the i.i.d. image, which is also about what ROAD's imputation fills in, so the
+    # true map w*(x - 0.5) is the truth for ROAD too
+    image, baseline, w, region, score, truth = linear_problem(shape=(10, 10, 10), baseline_value=0.5)
+    body = np.ones(image.shape, dtype=bool)
+    reference = np.zeros(image.shape, dtype=bool)
+    reference[2:5, 2:5, 2:5] = True
+    results = {}
+    for name, sal in {"truth": truth, **control_maps(image, region, seed=0)}.items():
+        out = evaluate_map(sal, image=image, baseline=baseline, score=score, target_region=region,
+                           body_region=body, reference=reference, spacing=(3.0, 3.0, 3.0), steps=10, which=GROUPS)
+        assert set(out) <= set(SCORES), set(out) - set(SCORES)
+        assert all(not isinstance(v, (dict, np.ndarray)) for v in out.values())  # flat
+        json.dumps(out, allow_nan=True)
+        results[name] = out
+    assert set(results["truth"]) == set(SCORES)  # every group asked for: every documented key present
+    assert results["truth"]["localisation_against"] == "reference"
+    for control in ("random", "edge"):
+        for key, better in (("deletion_auc", -1), ("insertion_auc", 1), ("road_morf_auc", -1),
+                            ("faithfulness_correlation", 1), ("body_deletion_auc", -1)):
+            assert better * (results["truth"][key] - results[control][key]) > 0, (control, key)
+    default = evaluate_map(truth, image=image, baseline=baseline, score=score, target_region=region, steps=10)
+    assert default["localisation_against"] == "prediction" and "road_morf_auc" not in default
+    assert set(DEFAULT_GROUPS) < set(GROUPS)
 
 
-def test_deletion_and_insertion_reward_a_faithful_map():
-    rng = np.random.default_rng(0)
-    image = rng.random((6, 6, 6)).astype(np.float32)
-    region = np.zeros(image.shape, dtype=bool)
-    region[1:4, 1:4, 1:4] = True
-    baseline = np.zeros_like(image)
+def test_evaluate_map_refuses_bad_requests_before_scoring():
+    image, baseline, w, region, score, truth = linear_problem()
+    calls = []
 
-    def score(img):  # the "model": mean intensity in the region
-        return float(img[region].mean())
+    def counting(x):
+        calls.append(1)
+        return score(x)
 
-    good = np.where(region, image, -1.0)  # saliency = the true contributions
-    bad = -good
-    g = deletion_insertion(score, image, baseline, good, steps=10)
-    b = deletion_insertion(score, image, baseline, bad, steps=10)
-    assert len(g["fractions"]) == 11 and g["deletion"][0] == pytest.approx(score(image)) and g["deletion"][-1] == 0.0
-    assert g["insertion"][0] == 0.0 and g["insertion"][-1] == pytest.approx(score(image))
-    assert g["deletion_auc"] < b["deletion_auc"] and g["insertion_auc"] > b["insertion_auc"]
-    # 27 of 216 voxels carry the whole score: the faithful map deletes it all by the second step
-    assert g["deletion"][2] == 0.0 and g["deletion_auc"] < 0.1 * score(image)
-    assert auc([0, 1, 1], [0, 0.5, 1]) == pytest.approx(0.75)
+    kw = dict(image=image, baseline=baseline, score=counting, target_region=region)
+    with pytest.raises(SegXAIError, match="below the minimum"):
+        evaluate_map(truth, steps=5, **kw)
+    with pytest.raises(SegXAIError, match="unknown score group"):
+        evaluate_map(truth, which=("deletion",), **kw)
+    with pytest.raises(SegXAIError, match="body_region"):
+        evaluate_map(truth, which=("body_deletion_insertion",), **kw)
+    with pytest.raises(SegXAIError, match="not on the target's grid"):
+        evaluate_map(truth[:-1], **kw)
+    assert not calls
 
 
-def test_spearman_and_randomised_copy():
-    a = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
-    assert spearman(a, a * 2 + 1) == pytest.approx(1.0)
-    assert spearman(a, -a) == pytest.approx(-1.0)
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.PReLU())
-    before = [p.detach().clone() for p in net.parameters()]
-    clone = randomised_copy(net, seed=1)
-    assert all(torch.equal(p, q) for p, q in zip(before, net.parameters()))  # the original is untouched
-    assert not torch.equal(clone[0].weight, net[0].weight)
+def test_control_maps():
+    k = np.arange(12, dtype=np.float32)[:, None, None] * np.ones((12, 9, 9), np.float32)
+    maps = control_maps(0.5 * k, seed=3)
+    # Sobel of a ramp of slope 0.5 along one axis: derivative [-1, 0, 1] and two [1, 2, 1] smoothings = 32 x slope
+    assert np.allclose(maps["edge"][1:-1, 1:-1, 1:-1], 16.0)
+    assert np.allclose(control_maps(np.ones((6, 6, 6)))["edge"], 0.0)
+    r = maps["random"]
+    assert r.shape == k.shape and np.array_equal(r, control_maps(k, seed=3)["random"])
+    assert not np.array_equal(r, control_maps(k, seed=4)["random"])
+
+
+def test_body_mask_is_the_largest_part_above_air_with_its_holes_filled():
+    window = IntensityWindow(-1000.0, 1000.0)
+    hu = np.full((20, 20, 20), -1000.0)
+    k, j, i = np.mgrid[0:20, 0:20, 0:20]
+    ball = (k - 10) ** 2 + (j - 10) ** 2 + (i - 10) ** 2 < 49
+    hu[ball] = 40.0
+    hu[(k - 10) ** 2 + (j - 10) ** 2 + (i - 10) ** 2 < 4] = -1000.0  # air inside (bowel gas): still body
+    hu[1, 1, 1] = 40.0  # a speck outside: not body
+    body = body_region(window.apply(hu), window)
+    assert np.array_equal(body, ball)
+
+
+def test_removal_baseline_is_fat_on_the_card_window():
+    window = IntensityWindow(-200.0, 300.0)
+    base = removal_baseline(np.zeros((3, 3, 3)), window)
+    assert np.allclose(base, window.apply(np.array([-100.0]))[0])
+    with pytest.raises(SegXAIError, match="window"):
+        removal_baseline(np.zeros((3, 3, 3)), None)
 
 
 def test_quality_and_sanity_through_explain_volume(tmp_path):
@@ -71,15 +107,14 @@ def test_quality_and_sanity_through_explain_volume(tmp_path):
     result = explain_volume(volume, model, ["hirescam", "ig"], "liver", "whole", steps=4, device="cpu",
                             quality=True, curve_steps=10, sanity=True)
     for name in ("hirescam", "ig"):
-        q = result.methods[name].quality
-        assert len(q["curves"]["deletion"]) == 11 and 0 <= q["curves"]["insertion_auc"] <= 1
-        assert q["energy_inside"] == pytest.approx(1.0) or np.isnan(q["energy_inside"])  # whole region
-        assert -1 <= q["randomisation_spearman"] <= 1 or np.isnan(q["randomisation_spearman"])
+        assert len(result.methods[name].quality["curves"]["deletion"]) == 11
     png = plot_curves({n: m.quality["curves"] for n, m in result.methods.items()}, tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SegXAIError):
         plot_curves({}, png)
     json.dumps(result.to_json(), allow_nan=True)
+    with pytest.raises(SegXAIError, match="below the minimum"):
+        explain_volume(volume, model, ["hirescam"], "liver", "whole", device="cpu", quality=True, curve_steps=5)
 
 
 def _parser():

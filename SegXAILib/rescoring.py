@@ -1,0 +1,112 @@
+"""Re-scoring a perturbed image cheaply: the class probability over a region from only the windows that reach it.
+
+MONAI's Gaussian-blended sliding window gives each voxel Σ_w g_w·logit_w / Σ_w g_w over the windows w that cover
+it, so a voxel of the region depends only on the windows that overlap the region's bounding box. Running just
+those windows, placed exactly where MONAI places them on the whole grid, gives the same probabilities as a full
+pass (tested against ``inference.sliding_window_logits``) at a fraction of the cost on a small organ.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+
+from .errors import SegXAIError
+
+
+def bounding_box(region: np.ndarray) -> tuple:
+    """(lo, hi) per axis, hi exclusive, of the True voxels of ``region``."""
+    if not region.any():
+        raise SegXAIError("the region to score is empty; choose a class or region the model predicts")
+    lo, hi = [], []
+    for axis in range(region.ndim):
+        other = tuple(a for a in range(region.ndim) if a != axis)
+        hit = np.flatnonzero(region.any(axis=other))
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]) + 1)
+    return tuple(lo), tuple(hi)
+
+
+def monai_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list:
+    """The window slices MONAI's ``sliding_window_inference`` visits on a grid of ``shape`` (after its padding)."""
+    shape, patch = tuple(int(s) for s in shape), tuple(int(p) for p in patch)
+    interval = _get_scan_interval(shape, patch, len(shape), (float(overlap),) * len(shape))
+    return [tuple(s) for s in dense_patch_slices(shape, patch, interval, return_slice=True)]
+
+
+def monai_padding(shape: Sequence[int], patch: Sequence[int]) -> list:
+    """(before, after) zero padding per axis that MONAI applies where the image is smaller than the window."""
+    pads = []
+    for size, roi in zip(shape, patch):
+        diff = max(int(roi) - int(size), 0)
+        pads.append((diff // 2, diff - diff // 2))
+    return pads
+
+
+class CroppedRegionScore:
+    """``score(image) -> float``: mean softmax probability of ``class_index`` over ``region``, from the windows
+    that overlap the region's bounding box only (equal to the full sliding-window pass; see module docstring)."""
+
+    def __init__(self, network: torch.nn.Module, class_index: int, region: np.ndarray, patch: Sequence[int],
+                 overlap: float, device="cpu", sw_batch_size: int = 2) -> None:
+        self.network, self.class_index = network, int(class_index)
+        self.device = torch.device(device)
+        self.patch = tuple(int(p) for p in patch)
+        self.sw_batch_size = max(int(sw_batch_size), 1)
+        self.shape = tuple(region.shape)
+        self.pads = monai_padding(self.shape, self.patch)
+        padded_region = np.pad(region.astype(bool), self.pads)
+        lo, hi = bounding_box(padded_region)
+        windows = monai_windows(padded_region.shape, self.patch, overlap)
+        self.windows = [w for w in windows
+                        if all(s.start < h and s.stop > l for s, l, h in zip(w, lo, hi))]
+        # the part of the padded grid the chosen windows span: the only part that is ever read or written
+        self.lo = tuple(min(w[a].start for w in self.windows) for a in range(len(lo)))
+        self.hi = tuple(max(w[a].stop for w in self.windows) for a in range(len(lo)))
+        self.total_windows = len(windows)
+        local = padded_region[tuple(slice(l, h) for l, h in zip(self.lo, self.hi))]
+        self.region_local = torch.from_numpy(np.ascontiguousarray(local))
+        self.weight = compute_importance_map(self.patch, mode="gaussian", sigma_scale=0.125,
+                                             device="cpu", dtype=torch.float32)
+
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """Blended logits (C, ...) over the span of the chosen windows (padded-grid coordinates from ``self.lo``)."""
+        if tuple(image.shape) != self.shape:
+            raise SegXAIError(f"image of shape {image.shape} does not match the region's grid {self.shape}")
+        padded = np.pad(np.asarray(image, dtype=np.float32), self.pads)
+        span = tuple(slice(l, h) for l, h in zip(self.lo, self.hi))
+        x = torch.from_numpy(np.ascontiguousarray(padded[span]))
+        local = [tuple(slice(s.start - l, s.stop - l) for s, l in zip(w, self.lo)) for w in self.windows]
+        out = count = None
+        self.network.to(self.device)
+        with torch.inference_mode():
+            for b in range(0, len(local), self.sw_batch_size):
+                chunk = local[b: b + self.sw_batch_size]
+                batch = torch.stack([x[s] for s in chunk])[:, None].to(self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    pred = self.network(batch)
+                pred = pred.float().cpu()
+                if out is None:
+                    out = torch.zeros((pred.shape[1],) + tuple(x.shape), dtype=torch.float32)
+                    count = torch.zeros(tuple(x.shape), dtype=torch.float32)
+                for p, s in zip(pred, chunk):
+                    out[(slice(None),) + s] += p * self.weight
+                    count[s] += self.weight
+        return out / count.clamp_min(torch.finfo(torch.float32).tiny)
+
+    def __call__(self, image: np.ndarray) -> float:
+        logits = self.logits(image)
+        prob = torch.softmax(logits, dim=0)[self.class_index]
+        return float(prob[self.region_local].double().mean())
+
+
+def region_probability(network: torch.nn.Module, class_index: int, region: np.ndarray, patch, overlap: float,
+                       device="cpu") -> Callable[[np.ndarray], float]:
+    """A re-scoring function: model-grid image → mean softmax probability of the class over the region.
+
+    Only the windows overlapping the region's bounding box run (same value as a full pass)."""
+    return CroppedRegionScore(network, class_index, region, patch, overlap, device)
