@@ -15,7 +15,8 @@ MODULE = ROOT / "SegXAI" / "SegXAI.py"
 UI = ROOT / "SegXAI" / "Resources" / "UI" / "SegXAI.ui"
 LIB = ROOT / "SegXAILib"
 
-#: required keys and types of slicer-extension-catalog-entry-schema v1.0.x
+#: Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json (required: $schema, category, scm_url), with
+#: this project's own requirements on top (build_dependencies, scm_revision)
 CATALOG_SCHEMA = {
     "type": "object",
     "required": ["$schema", "build_dependencies", "category", "scm_revision", "scm_url"],
@@ -26,6 +27,7 @@ CATALOG_SCHEMA = {
         "category": {"type": "string", "minLength": 1},
         "enabled": {"type": "boolean"},
         "scm_revision": {"type": "string", "minLength": 1},
+        "scm_type": {"type": "string", "enum": ["git", "local"]},
         "scm_url": {"type": "string", "pattern": r"^(https|git)://"},
         "tier": {"type": "integer", "enum": [1, 3, 5]},
     },
@@ -264,3 +266,61 @@ def test_self_test_fails_instead_of_skipping_without_sample_or_models(tmp_path):
     test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegXAITest")
     source = ast.get_source_segment(MODULE.read_text(), test_class)
     assert "skipped" not in source and "skipTest" not in source and "module_logic.sample_ct()" in source and "bundled_models()" in source
+
+
+# ---- the Extensions Index description checks (finding 11) ---------------------------------------------
+#: categories the ExtensionsIndex's scripts/check_description_files.py accepts (the ones a segmentation tool uses)
+INDEX_CATEGORIES = {"Segmentation", "Quantification", "Analysis", "Informatics", "Utilities"}
+LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
+
+
+def raw_url_to_path(url: str, owner_repo: str) -> Path:
+    """https://raw.githubusercontent.com/<owner>/<repo>/<branch>/<path> → ROOT/<path>, checking owner/repo."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.scheme == "https" and parts.netloc == "raw.githubusercontent.com", url
+    owner, repo, _branch, *path = parts.path.strip("/").split("/")
+    assert f"{owner}/{repo}".lower() == owner_repo.lower(), f"{url} is not in {owner_repo}"
+    return ROOT.joinpath(*path)
+
+
+def test_catalog_entry_passes_extensions_index_checks():
+    """What ExtensionsIndex's check_description_files.py checks, against this checkout instead of a clone."""
+    from urllib.parse import urlsplit
+
+    entry = json.loads((ROOT / "SegXAI.json").read_text())
+    extension_name = "SegXAI"  # the description file's name
+    assert entry["category"] in INDEX_CATEGORIES
+    scm = urlsplit(entry["scm_url"])
+    assert scm.scheme in ("git", "https") and "://" in entry["scm_url"]
+    repo_name = Path(scm.path).stem
+    assert "slicer" in repo_name.lower(), "the repository name must contain 'Slicer' (e.g. SlicerSegXAI)"
+    top = (ROOT / "CMakeLists.txt").read_text()
+    project = re.findall(r"project\s*\(\s*([^\s\)]+)", top, flags=re.I)
+    assert project and project[0].strip("\"'") == extension_name
+    owner_repo = scm.path.strip("/").removesuffix(".git")
+    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', top).group(1)
+    assert urlsplit(homepage).path.strip("/").lower() == owner_repo.lower()
+    icon = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', top, flags=re.I)
+    shots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', top, flags=re.I)
+    assert icon and shots and shots[0].split()
+    for url in icon + shots[0].split():
+        path = raw_url_to_path(url, owner_repo)
+        assert path.is_file(), f"{url} points to {path.relative_to(ROOT)}, which is not in the repository"
+        assert path.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif") and path.read_bytes()[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"GIF8")
+        tracked = __import__("subprocess").run(["git", "ls-files", "--error-unmatch", str(path.relative_to(ROOT))], cwd=ROOT,
+                                                capture_output=True)
+        assert tracked.returncode == 0, f"{path.relative_to(ROOT)} is not committed, so the raw URL would be 404"
+
+
+def test_license_at_root_is_apache_2():
+    found = [name for name in LICENSE_NAMES if (ROOT / name).is_file()]
+    assert found, "no licence file in the repository root"
+    text = (ROOT / found[0]).read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text and "END OF TERMS AND CONDITIONS" in text
+    import hashlib
+
+    # the canonical https://www.apache.org/licenses/LICENSE-2.0.txt, byte for byte
+    assert hashlib.md5((ROOT / found[0]).read_bytes()).hexdigest() == "3b83ef96387f14655fc854ddc3c6bd57"
