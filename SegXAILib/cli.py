@@ -227,6 +227,28 @@ def cmd_crossval(args) -> int:
 
 
 # ---- demo ---------------------------------------------------------------------------------------
+def cmd_layers(args) -> int:
+    """Print every explainable layer with its channels and resolution, the default and what the card measured."""
+    from .explainers import default_layer
+    from .layers import explainable_layers
+    from .models import load_model
+
+    model = load_model(args.model, "cpu")
+    card = model.card
+    layers = explainable_layers(model.network.eval(), card.patch, every=args.all)
+    default = default_layer(card.architecture, model.network, card) if card.architecture != "torchscript" else ""
+    measured = card.explanation.get("layers", {})
+    print(f"{card.name}: {len(layers)} layers one can explain (window {'x'.join(map(str, card.patch))})")
+    for info in layers:
+        mark = "*" if info.name == default else " "
+        note = measured.get(info.name, "")
+        print(f" {mark} {info.describe()}" + (f"  [{note}]" if note else ""))
+    if default:
+        how = card.explanation.get("measured_by", "")
+        print(f"* default layer: {default}" + (f" (chosen by {how})" if how else " (the architecture's documented layer)"))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .models.store import load_model, resources_dir
     from .outputs import write_segmentation_outputs
@@ -311,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-volume", help="with --table: case ids whose spacing is assumed, so mL are not reported")
     p.add_argument("--write-card", nargs="*", metavar="MODEL_DIR", help="with --table: also write the folds run with each model's recipe into its card.json")
     p.set_defaults(func=cmd_crossval)
+
+    p = sub.add_parser("layers", help="list the layers of a model one can explain with a CAM (--layer NAME)")
+    p.add_argument("model", nargs="?", default=None, help="bundled model name or model folder (default: the default model)")
+    p.add_argument("--all", action="store_true", help="also the layers inside each block (convolutions, norms, activations)")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("demo", help="segment the bundled sample CT and draw a picture")
     p.add_argument("-o", "--output", default="segxai-demo", help="output folder (default: segxai-demo)")

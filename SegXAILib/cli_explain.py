@@ -110,6 +110,8 @@ def run(args) -> int:
         for name, m in result.methods.items():
             extra = "".join(f", {k} {v:.3g}" for k, v in m.checks.items() if k.endswith("error"))
             print(f"{name}: {names[name]} ({m.seconds:.1f} s{extra})")
+            for warning in m.warnings:
+                print(f"  warning: {warning}")
         print(f"report: {names['report']}")
         return 0
     except KeyboardInterrupt:

@@ -36,6 +36,7 @@ class MethodResult:
     seconds: float
     checks: dict = field(default_factory=dict)  # completeness / conservation errors and their totals
     quality: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # e.g. an (almost) empty CAM, with a layer that works
 
     @property
     def signed(self) -> bool:
@@ -45,7 +46,8 @@ class MethodResult:
     @property
     def metadata(self) -> dict:
         """Parameters and checks, for a front door that stores them beside the map."""
-        return {"method": self.method, "params": self.params, "checks": self.checks, "seconds": round(self.seconds, 3)}
+        return {"method": self.method, "params": self.params, "checks": self.checks, "seconds": round(self.seconds, 3),
+                "warnings": self.warnings}
 
 
 @dataclass
@@ -79,7 +81,8 @@ class ExplanationResult:
             quality = {k: v for k, v in m.quality.items() if k != "curves"}
             if "curves" in m.quality:
                 quality["curves"] = m.quality["curves"]
-            out["methods"][name] = {"params": m.params, "seconds": round(m.seconds, 3), "checks": m.checks, "quality": quality}
+            out["methods"][name] = {"params": m.params, "seconds": round(m.seconds, 3), "checks": m.checks, "quality": quality,
+                                    "warnings": m.warnings}
         return out
 
 
@@ -96,6 +99,25 @@ def parse_methods(text) -> list:
             out.append(name)
     if not out:
         raise SegXAIError(f"no explanation method given; use some of {', '.join(METHODS)}")
+    return out
+
+
+def cam_warnings(method: str, layer: str, totals: dict, card, network) -> list:
+    """Plain-words warnings for a CAM that says (almost) nothing, naming a layer that measured well instead."""
+    if "positive_fraction" not in totals:
+        return []
+    out = []
+    if totals.get("channels") and totals.get("negative_weights") == totals["channels"]:
+        out.append(f"all {totals['channels']} channel weights at layer {layer!r} are negative, so the map is zero")
+    elif totals.get("empty"):
+        out.append(f"the map is almost empty: {100 * totals['positive_fraction']:.2f} % of the volume is above zero "
+                   f"at layer {layer!r}")
+    if out:
+        measured = [card.explanation.get("default_layer")] + list(card.explanation.get("alternatives", []))
+        others = [l for l in measured if l and l != layer] or [default_layer(card.architecture, network)]
+        others = [l for l in others if l != layer]
+        hint = f"; try --layer {others[0]} (measured on this model's card)" if others else ""
+        out[-1] += hint + "; segxai layers MODEL lists the layers"
     return out
 
 
@@ -146,7 +168,7 @@ def explain_volume(
     net, card = model.network, model.card
     if "lrp" in methods:
         check_supported(net)  # refuse before the long work starts
-    layer = layer or default_layer(card.architecture, net)
+    layer = layer or default_layer(card.architecture, net, card)
     if any(make_explainer(m).uses_layer for m in methods):
         find_layer(net, layer)  # a wrong --layer fails before the segmentation runs
     seconds = {}
@@ -188,6 +210,7 @@ def explain_volume(
                                           cancel, f"{name}: randomised model", used)
             scores["randomisation_spearman"] = spearman(model_map, random_map)
         results[name] = MethodResult(name, pre.to_source(model_map, "linear"), model_map,
-                                     dict(explainer.params(), precision=used), elapsed, checks, scores)
+                                     dict(explainer.params(), precision=used), elapsed, checks, scores,
+                                     cam_warnings(name, layer, totals, card, net))
     seconds["total"] = time.perf_counter() - t0
     return ExplanationResult(segmentation, target, layer, results, seconds, peak_memory(device))

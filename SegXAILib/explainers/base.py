@@ -47,21 +47,27 @@ class Explainer:
         return {}
 
 
-def default_layer(architecture: str, network: Optional[nn.Module] = None) -> str:
-    """The documented default layer per architecture (the constants live beside the networks).
+def default_layer(architecture: str, network: Optional[nn.Module] = None, card=None) -> str:
+    """The layer a CAM explains by default: the card's measured ``explanation.default_layer`` when it has one,
+    else the constant documented beside the architecture.
 
-    For the residual U-Net the default is the last decoder block before the full-resolution output block;
+    For the residual U-Net the constant is the last decoder block before the full-resolution output block;
     a two-level U-Net has no such block, so there the concatenated skip + decoder output ``model.1`` is used.
     """
+    measured = (card.explanation.get("default_layer") if card is not None else None) or ""
+    modules = dict(network.named_modules()) if network is not None else {}
+    if measured and (network is None or measured in modules):
+        return measured
     if architecture == "residual_unet":
         from ..models.unet import DEFAULT_LAYER
-        if network is not None and DEFAULT_LAYER not in dict(network.named_modules()):
+        if network is not None and DEFAULT_LAYER not in modules:
             return "model.1"
         return DEFAULT_LAYER
     if architecture == "transunet3d":
         from ..models.transunet import DEFAULT_LAYER
         return DEFAULT_LAYER
-    raise SegXAIError(f"no default explanation layer for architecture {architecture!r}; pass --layer NAME")
+    raise SegXAIError(f"no default explanation layer for architecture {architecture!r}; pass --layer NAME "
+                      "(segxai layers MODEL lists the layers one can explain)")
 
 
 def find_layer(network: nn.Module, name: str) -> nn.Module:

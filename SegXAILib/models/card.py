@@ -108,6 +108,12 @@ class ModelCard:
     def foreground(self) -> list:
         return [c for c in self.classes if c.value != 0]
 
+    @property
+    def explanation(self) -> dict:
+        """What the card says about explaining the model: ``default_layer`` (chosen by measurement),
+        ``alternatives`` (other layers that measured well, best first), and how that was measured."""
+        return dict(self.extra.get("explanation") or {})
+
     def class_named(self, name: str) -> ClassInfo:
         """The class whose name matches (case-insensitive); a clear error listing the names otherwise."""
         for c in self.classes:
