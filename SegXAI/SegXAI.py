@@ -86,6 +86,8 @@ class SegXAIParameterNode:
     computeQuality: bool = False
     referenceSegmentation: vtkMRMLSegmentationNode
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+    show3D: bool = False
+    commonScale: bool = True
 
 
 METHOD_FIELDS = ("gradcam", "hirescam", "gradcampp", "ig", "lrp")
@@ -124,6 +126,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.regionComboBox.connect("currentIndexChanged(int)", self.updateRegionWidgets)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3D)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.referenceSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMetrics)
         self.ui.regionSegmentSelector.setMRMLScene(slicer.mrmlScene)
@@ -289,8 +292,8 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 volumeNode = self.logic.processedVolume()
                 self.onFinished("")
                 with slicer.util.tryWithErrorDisplay("SegXAI could not show its results.", waitCursor=True):
-                    self.logic.showResults(payload, volumeNode, self._parameterNode.opacity,
-                                           self._parameterNode.outputSegmentation)
+                    p = self._parameterNode
+                    self.logic.showResults(payload, volumeNode, p.opacity, p.outputSegmentation, p.show3D, p.commonScale)
                     self.updateResults()  # the selected volume's results (the job's volume may not be selected now)
                 return
             elif kind == "exit":
@@ -342,6 +345,17 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         scene.set_overlay_opacity(value)
 
+    def onShow3D(self, visible) -> None:
+        """Closed surfaces of the selected volume's SegXAI segmentation in the 3D views, or not."""
+        from SegXAILib import scene
+
+        show = getattr(scene, "show_segmentation_3d", None)
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        if show is None or volumeNode is None:
+            return
+        for node in scene.segxai_nodes(slicer.mrmlScene, volumeNode, role="segmentation"):
+            show(node, bool(visible))
+
 
 # ---- Logic --------------------------------------------------------------------------------------
 class SegXAILogic(ScriptedLoadableModuleLogic):
@@ -392,11 +406,12 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
     # -- settings → child options --
     @staticmethod
     def classNames(model: Optional[str]) -> list:
+        """Target classes of ``model``: the ones its card shows it learned."""
+        from SegXAILib import module_logic
         from SegXAILib.models.card import ModelCard
         from SegXAILib.models.store import resolve_model_folder
 
-        card = ModelCard.load(resolve_model_folder(model) / "card.json")
-        return [c.name for c in card.foreground]
+        return module_logic.target_classes(ModelCard.load(resolve_model_folder(model) / "card.json"))
 
     @staticmethod
     def regionText(region, volumeNode, segmentationNode, segmentId, pointNode, radius, workDir) -> str:
@@ -515,13 +530,16 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
             time.sleep(0.2)
 
     # -- results --
-    def showResults(self, manifestPath: str, volumeNode, opacity: float = 0.4, outputSegmentation=None) -> dict:
+    def showResults(self, manifestPath: str, volumeNode, opacity: float = 0.4, outputSegmentation=None,
+                    show3D: bool = False, commonScale: bool = True) -> dict:
         """Load the child's files and put them in the scene on ``volumeNode`` (the processed volume)."""
         from SegXAILib import module_logic, scene, score_labels, slicer_run
 
         try:
             job = slicer_run.load_job(manifestPath)
-            extra = module_logic.accepted(scene.show_results, segmentation_node=outputSegmentation) if outputSegmentation else {}
+            card = module_logic.card_of(job["manifest"])
+            extra = module_logic.show_options(scene.show_results, outputSegmentation, show3D, commonScale,
+                                              card.metrics if card else None)
             nodes = scene.show_results(volumeNode, job["labels"], job["classes"], job["maps"], job["provenance"],
                                        slicer.mrmlScene, opacity, **extra)
             self.book.record(volumeNode.GetID(), job)

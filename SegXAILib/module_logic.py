@@ -147,6 +147,44 @@ def model_choice(text: str, loaded: dict) -> Optional[str]:
     return loaded.get(text, text)
 
 
+def card_of(manifest: dict):
+    """The model card a finished job used (its folder is in the manifest; else the bundled model by name); None
+    when it cannot be read any more (the folder was moved)."""
+    from .models.card import ModelCard
+    from .models.store import resolve_model_folder
+
+    for where in (manifest.get("model_folder"), manifest.get("model")):
+        if not where:
+            continue
+        try:
+            return ModelCard.load(resolve_model_folder(where) / "card.json")
+        except Exception:
+            continue
+    return None
+
+
+def target_classes(card) -> list:
+    """The classes offered as explanation targets: those the card shows it learned (where the card measured
+    them; an organ at 0 mL on every case is not offered), else every foreground class."""
+    foreground = [c for c in card.classes if c.value != 0]
+    try:
+        from .display import shown_classes
+    except ImportError:  # a SegXAILib without the display rules
+        return [c.name for c in foreground]
+    return [c.name for c in shown_classes(card.classes, card.metrics)] or [c.name for c in foreground]
+
+
+def show_options(show_results: Callable, output_segmentation=None, show_3d: bool = False, common_scale: bool = True,
+                 class_metrics: Optional[dict] = None) -> dict:
+    """The keyword arguments of the panel's display choices that ``scene.show_results`` accepts."""
+    wanted = {"show_3d": bool(show_3d), "scale": "family" if common_scale else "map"}
+    if output_segmentation is not None:
+        wanted["segmentation_node"] = output_segmentation
+    if class_metrics:
+        wanted["class_metrics"] = class_metrics
+    return accepted(show_results, **wanted)
+
+
 # ---- calling scene functions across versions ------------------------------------------------------
 def accepted(function: Callable, **optional) -> dict:
     """The ``optional`` keyword arguments that ``function`` accepts (a newer scene API may take more)."""

@@ -171,6 +171,7 @@ def run_job(options: dict, out_dir: str | os.PathLike, progress=None, cancel=Non
         "segxai_version": __version__,
         "input": str(options["input"]),
         "model": model.card.name,
+        "model_folder": str(Path(model.folder).resolve()),
         "device": result.device,
         "options": options,
         "labels": "labels.nrrd",

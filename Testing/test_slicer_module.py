@@ -74,6 +74,33 @@ def test_panel_opens_without_torch_and_apply_reaches_install_prompt(record):
     assert not seen["busy_after_no"]
 
 
+def test_target_list_offers_only_classes_the_card_learned(record):
+    """The bundled cards measure five organs at 0 mL on every patient: they are not offered as targets."""
+    display = pytest.importorskip("SegXAILib.display")
+    from SegXAILib.models.card import ModelCard
+    from SegXAILib.models.store import default_model_name, resolve_model_folder
+
+    seen = scenario(record, "open_without_torch")
+    card = ModelCard.load(resolve_model_folder(default_model_name()) / "card.json")
+    learned = [c.name for c in display.shown_classes(card.classes, card.metrics)]
+    assert seen["target_classes"] == learned
+    assert not set(display.hidden_classes(card.classes, card.metrics)) & set(seen["target_classes"])
+
+
+def test_sample_ct_is_registered_in_sample_data(record):
+    import urllib.request
+
+    from SegXAILib import module_logic
+
+    seen = scenario(record, "sample_data")
+    assert "startupCompleted()" in seen["signals"]
+    (call,) = seen["calls"]
+    with urllib.request.urlopen(call["uris"]) as response:
+        assert response.read() == module_logic.sample_ct().read_bytes()
+    assert call["category"] == "SegXAI" and call["fileNames"].endswith(".nii.gz") and call["checksums"].startswith("SHA256:")
+    assert Path(call["thumbnailFileName"]).resolve() == (ROOT / "SegXAI" / "Resources" / "Icons" / "SegXAI.png").resolve()
+
+
 def test_combo_box_parameters_round_trip_through_slicers_connector(record):
     seen = scenario(record, "open_without_torch")
     assert (seen["device_param"], seen["region_param"], seen["device_widget"]) == ("cpu", "point", "cuda")
@@ -117,3 +144,14 @@ def test_job_folder_with_region_mask_is_deleted_after_the_run(record):
     assert seen["work_dir_name"].startswith("segxai-") and seen["work_dir_left"] is False
     source = (ROOT / "SegXAI" / "SegXAI.py").read_text()
     assert "segxai-region-" not in source and 'Path(workDir) / "region.nrrd"' in source
+
+
+def test_torch_is_installed_the_way_the_pytorch_extension_does(record):
+    """Finding 10: PyTorchUtils says torch is missing here and installs it with light-the-torch; so do we, with
+    the minimum version (no torchvision: SegXAI does not use it)."""
+    seen = scenario(record, "pytorch_utils")
+    assert seen["torch_installed"] is False
+    ours = seen["our_torch_command"]
+    assert ours is not None and ours[1:3] == ["-m", "light_the_torch"]
+    theirs = [arg for arg in seen["their_args"] if not arg.startswith("torchvision")]
+    assert ours[3:] == theirs

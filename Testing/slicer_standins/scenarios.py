@@ -149,7 +149,7 @@ def scenario_results_go_to_processed_volume(slicer, SegXAI, out):
 
         cancel = release
 
-    def fake_show(manifest, volumeNode, opacity=0.4, outputSegmentation=None):
+    def fake_show(manifest, volumeNode, *display_options):
         shown.append(volumeNode.GetName())
         logic.book.record(volumeNode.GetID(), {"provenance": {"model": "m", "device": "cpu"}, "maps": []})
 
@@ -205,7 +205,47 @@ def scenario_cancel_and_log(slicer, SegXAI, out):
     out["work_dir_left"] = work.exists()
 
 
-SCENARIOS = [scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
+def scenario_sample_data(slicer, SegXAI, out):
+    """At startupCompleted the module registers the bundled CT with the Sample Data module."""
+    import types
+
+    calls = []
+
+    class SampleDataLogic:  # the signature of Slicer 5.8's SampleData.SampleDataLogic (Modules/Scripted/SampleData)
+        @staticmethod
+        def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,
+                                           nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                           loadFileTypes=None, loadFiles=None, loadFileProperties={},
+                                           checksums=None, loadFileType=None):
+            calls.append({"category": category, "sampleName": sampleName, "uris": uris, "fileNames": fileNames,
+                          "nodeNames": nodeNames, "thumbnailFileName": thumbnailFileName, "checksums": checksums,
+                          "loadFileType": loadFileType})
+
+    sys.modules["SampleData"] = types.SimpleNamespace(SampleDataLogic=SampleDataLogic)
+    slicer.app.connections.clear()
+    SegXAI.SegXAI(ModuleParent(ROOT / "SegXAI" / "SegXAI.py"))
+    out["signals"] = [signal for signal, _ in slicer.app.connections]
+    for signal, slot in slicer.app.connections:
+        if signal == "startupCompleted()":
+            slot()
+    out["calls"] = calls
+
+
+def scenario_pytorch_utils(slicer, SegXAI, out):
+    """The PyTorch extension's own logic (``SlicerPyTorch/PyTorchUtils.py``) on the same fresh Slicer."""
+    sys.path.insert(0, str(ROOT.parent / "shared" / "slicer-5.8.1" / "SlicerPyTorch"))
+    import PyTorchUtils
+
+    from SegXAILib import dependencies
+
+    out["torch_installed"] = PyTorchUtils.PyTorchUtilsLogic.torchInstalled()
+    out["their_args"] = PyTorchUtils.PyTorchUtilsLogic._getPipInstallArguments(
+        torchVersionRequirement=f">={dependencies.MINIMUM_TORCH}")
+    commands, _ = dependencies.plan("PythonSlicer", Path(sys.argv[1]).parent / "install-plan")
+    out["our_torch_command"] = next((c for c in commands if "light_the_torch" in c), None)
+
+
+SCENARIOS = [scenario_pytorch_utils, scenario_sample_data, scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
              scenario_results_go_to_processed_volume, scenario_cancel_and_log]
 
 
