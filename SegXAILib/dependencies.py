@@ -81,6 +81,7 @@ def plan(python: str, folder: Path, find_spec: Callable = importlib.util.find_sp
     The constraints pin torch only when it is recent enough (else light-the-torch installs it first and the
     package step is planned against the new one by pip itself, which sees torch already satisfied).
     """
+    importlib.invalidate_caches()  # packages a background pip just installed must be seen by find_spec
     # importable, not only installed: a half-removed torch (metadata left behind) must be reinstalled too
     torch_version = version_of("torch") if find_spec("torch") is not None else None
     missing = missing_requirements(find_spec)
