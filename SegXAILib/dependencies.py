@@ -41,13 +41,21 @@ def torch_is_recent(version: Optional[str], minimum: str = MINIMUM_TORCH) -> boo
 
 
 def installed_version(distribution: str) -> Optional[str]:
-    """The installed version of a distribution, without importing it; None when absent."""
+    """The installed version of a distribution (from its metadata; torch is never imported for this); None when
+    absent. numpy and SimpleITK built into Slicer may lack pip metadata: their ``__version__`` is read instead,
+    so they are still pinned."""
     import importlib.metadata
 
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
-        return None
+        pass
+    if distribution in ("numpy", "SimpleITK"):
+        try:
+            return str(importlib.import_module(distribution).__version__)
+        except (ImportError, AttributeError):
+            return None
+    return None
 
 
 def missing_requirements(find_spec: Callable = importlib.util.find_spec) -> list:

@@ -336,3 +336,23 @@ def test_display_choices_reach_scene_show_results(tmp_path):
     folder = shutil.copytree(models_dir() / bundled_models()[0], tmp_path / "moved", ignore=shutil.ignore_patterns("*.safetensors"))
     assert module_logic.card_of({"model_folder": str(folder), "model": "gone"}).name == bundled_models()[0]
     assert module_logic.card_of({"model_folder": str(tmp_path / "nowhere"), "model": "gone"}) is None
+
+
+def test_slicer_builtin_numpy_without_pip_metadata_is_still_pinned(monkeypatch):
+    import importlib.metadata
+
+    import SimpleITK
+
+    from SegXAILib import dependencies
+
+    real = importlib.metadata.version
+
+    def no_metadata(name):
+        if name in ("numpy", "SimpleITK"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    assert dependencies.installed_version("numpy") == np.__version__
+    assert dependencies.installed_version("SimpleITK") == SimpleITK.__version__
+    assert dependencies.installed_version("no-such-distribution-segxai") is None
