@@ -51,49 +51,53 @@ class JobBook:
 
 
 # ---- the run in plain words ---------------------------------------------------------------------
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcampp": "Grad-CAM++", "ig": "Integrated gradients",
+                "lrp": "LRP"}
+
+
 def region_in_words(region: Optional[str], target: Optional[str] = None) -> str:
-    """'predicted' → 'where the model finds the liver'; 'point:10,20,30:15' → 'a 15 mm ball around R 10, A 20, S 30'."""
+    """'predicted' → 'where the model finds liver'; 'point:10,20,30:15' → 'in a 15 mm ball around R 10, A 20, S 30'."""
     text = (region or "predicted").strip()
     head, _, rest = text.partition(":")
     thing = target or "the target class"
     if head == "predicted":
         return f"where the model finds {thing}"
     if head == "whole":
-        return "the whole volume"
+        return "in the whole volume"
     if head == "empty":
-        return "no region (an empty mask)"
+        return "in no region (an empty mask)"
     if head == "point":
         coords, _, radius = rest.partition(":")
         values = [v.strip() for v in coords.split(",")]
         if len(values) == 3:
             where = ", ".join(f"{axis} {float(v):g}" for axis, v in zip("RAS", values))
-            return f"a {float(radius or 10):g} mm ball around {where}"
+            return f"in a {float(radius or 10):g} mm ball around {where}"
         return f"around the point {rest}"
     if head in ("mask", "segment"):
-        return "the chosen segment"
-    return text
+        return "in the chosen segment"
+    return f"in {text}"
 
 
 def describe_run(provenance: dict, maps: list = ()) -> str:
-    """One sentence for the panel: what was explained, where, with which layer, model and device."""
+    """One sentence for the panel: which methods explained which class, where, at which layer, with which model."""
     provenance = provenance or {}
     meta = dict(maps[0][2]) if maps else {}
     target = meta.get("target_class") or provenance.get("target_class")
-    methods = ", ".join(str(m[2].get("method", m[0])) for m in maps)
+    methods = [str(m[2].get("method", m[0])) for m in maps]
     parts = []
     if maps:
+        names = " and ".join(METHOD_NAMES.get(m, m) for m in methods)
         region = region_in_words(provenance.get("region") or meta.get("region"), target)
         voxels = meta.get("region_voxels")
         size = f" ({int(voxels):,} voxels)" if isinstance(voxels, (int, float)) and voxels else ""
-        parts.append(f"{methods} explain {target or 'the default class'} in {region}{size}")
+        verb = "explains" if len(methods) == 1 else "explain"
+        parts.append(f"{names} {verb} {target or 'the default class'} {region}{size}")
         layer = meta.get("layer")
         parts.append(f"layer {layer}" if layer else "the architecture's default layer")
     else:
-        parts.append("segmentation only (no explanation method chosen)")
+        parts.append("Segmentation only (no explanation method chosen)")
     if provenance.get("model"):
-        parts.append(f"model {provenance['model']}")
-    if provenance.get("device"):
-        parts.append(f"on {provenance['device']}")
+        parts.append(f"model {provenance['model']}" + (f" on {provenance['device']}" if provenance.get("device") else ""))
     return "; ".join(parts) + "."
 
 

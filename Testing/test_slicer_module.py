@@ -125,7 +125,7 @@ def test_results_attach_to_processed_volume_and_metrics_use_reference_now(record
     with_reference = [call for call in seen["metrics_calls"] if call[1]]
     assert [call[:2] for call in with_reference] == [["CT B", "reference 1"], ["CT B", "reference 2"]]
     assert not any(call[2] for call in seen["metrics_calls"]), "CT B has no job of its own; none may be reused"
-    assert seen["summary_on_b"] == "" and "model m" in seen["summary_on_a"]
+    assert seen["summary_on_b"] == "" and "model m on cpu" in seen["summary_on_a"]
     assert seen["metrics_after_selecting_a"] == [["CT A", "reference 2", True]]
 
 

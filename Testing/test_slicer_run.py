@@ -311,7 +311,7 @@ def test_region_in_words_reads_the_strings_targets_parses():
     text = "point:10.5,-20,30:15"
     spec = parse_region(text)
     words = module_logic.region_in_words(text, "liver")
-    assert words == f"a {spec.radius:g} mm ball around R {spec.point[0]:g}, A {spec.point[1]:g}, S {spec.point[2]:g}"
+    assert words == f"in a {spec.radius:g} mm ball around R {spec.point[0]:g}, A {spec.point[1]:g}, S {spec.point[2]:g}"
     assert module_logic.region_in_words("predicted", "liver") == "where the model finds liver"
     assert module_logic.region_in_words(None) == "where the model finds the target class"
 
@@ -356,3 +356,23 @@ def test_slicer_builtin_numpy_without_pip_metadata_is_still_pinned(monkeypatch):
     assert dependencies.installed_version("numpy") == np.__version__
     assert dependencies.installed_version("SimpleITK") == SimpleITK.__version__
     assert dependencies.installed_version("no-such-distribution-segxai") is None
+
+
+def test_run_summary_names_target_region_and_layer_in_plain_words():
+    """The panel's summary of a run, from the metadata normalise_maps keeps for each map."""
+    v = Volume(np.zeros((2, 3, 4), np.float32), np.eye(4))
+
+    class Target:
+        class_name, description, voxels = "liver", "predicted liver", 1234
+
+    class Explained:
+        layer, target = "model.1.submodule", Target()
+        maps = [("gradcam", v, {"method": "gradcam"}, False), ("ig", v, {"method": "ig"}, True)]
+
+    from SegXAILib import module_logic
+
+    maps = slicer_run.normalise_maps(Explained())
+    text = module_logic.describe_run({"model": "segxai-resunet-3mm", "device": "cpu", "region": "predicted"}, maps)
+    assert text == ("Grad-CAM and Integrated gradients explain liver where the model finds liver (1,234 voxels); "
+                    "layer model.1.submodule; model segxai-resunet-3mm on cpu.")
+    assert module_logic.describe_run({"model": "m"}, []) == "Segmentation only (no explanation method chosen); model m."
