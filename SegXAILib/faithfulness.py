@@ -257,9 +257,8 @@ def road(score: ScoreFn, image: np.ndarray, saliency: np.ndarray, region: np.nda
     region = check_inputs(saliency, region, image)
     order, ends = ranked_units(saliency, region, seed, patch)
     counts = removal_counts(ends, steps)
-    _, ends_reversed = ranked_units(-np.asarray(saliency, dtype=np.float64), region, seed, patch)
+    reversed_order, ends_reversed = ranked_units(-np.asarray(saliency, dtype=np.float64), region, seed, patch)
     counts_lerf = removal_counts(ends_reversed, steps)
-    reversed_order = ranked_units(-np.asarray(saliency, dtype=np.float64), region, seed, patch)[0]
     out = {"fractions": (counts / order.size).tolist()}
     total = len(orders) * len(counts)
     done = 0

@@ -75,6 +75,12 @@ def pointing_game(saliency: np.ndarray, mask: np.ndarray, spacing: Sequence[floa
     return bool(distance[peaks].min() <= tolerance_mm)
 
 
+def array_spacing(grid) -> tuple:
+    """mm per array axis (K, J, I) of a ``volume.Grid`` (its IJK→RAS columns, reversed): the ``spacing`` the
+    pointing game wants for maps on that grid."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(grid.ijk_to_ras)[:3, :3], axis=0)[::-1])
+
+
 def localisation_scores(saliency: np.ndarray, *, prediction: np.ndarray, reference: Optional[np.ndarray] = None,
                         spacing: Sequence[float] = (1.0, 1.0, 1.0), tolerance_mm: float = 5.0,
                         seed: int = 0) -> dict:

@@ -20,7 +20,7 @@ from .errors import SegXAIError
 from .faithfulness import (MIN_CURVE_STEPS, auc, body_mask, check_steps, faithfulness_correlation,  # noqa: F401
                            linear_imputation, noisy_linear_imputation, ranked_units, road)
 from .faithfulness import deletion_insertion as region_deletion_insertion
-from .localisation import (energy_inside, localisation_scores, pointing_game, relevance_mass_accuracy,  # noqa: F401
+from .localisation import (array_spacing, energy_inside, localisation_scores, pointing_game, relevance_mass_accuracy,  # noqa: F401
                            relevance_rank_accuracy)
 from .map_complexity import entropy_complexity, gini_sparseness
 from .randomisation import (cascading_randomisation, compare_maps, parameter_layers, randomised_copy,  # noqa: F401
@@ -80,6 +80,8 @@ for _prefix, _where in (("", "the target region"), ("body_", "the body")):
 SCORES.update({
     "road_morf_auc": ("ROAD (Rong et al. 2022), most relevant first removed and imputed: AUC over the target region", "low"),
     "road_lerf_auc": ("ROAD, least relevant first removed and imputed: AUC over the target region", "high"),
+    "road_score_removed": ("target score with the whole target region imputed by ROAD", "near 0, or ROAD's curves span little"),
+    "road_dynamic_range": ("ROAD: score with nothing imputed minus with the whole region imputed", "large"),
     "road_fractions": ("fractions of the target region's voxels removed at each ROAD step", "x axis"),
     "road_morf_curve": ("ROAD MoRF curve", "falls fast"),
     "road_lerf_curve": ("ROAD LeRF curve", "stays high"),
@@ -142,7 +144,8 @@ def evaluate_map(saliency: np.ndarray, *, image: np.ndarray, baseline: np.ndarra
     if "road" in which:
         r = road(score, image, saliency, target_region, steps, seed, patch, road_noise, progress=report("ROAD"))
         out.update(road_morf_auc=r["morf_auc"], road_lerf_auc=r["lerf_auc"], road_fractions=r["fractions"],
-                   road_morf_curve=r["morf"], road_lerf_curve=r["lerf"])
+                   road_morf_curve=r["morf"], road_lerf_curve=r["lerf"], road_score_removed=r["morf"][-1],
+                   road_dynamic_range=r["morf"][0] - r["morf"][-1])
     if "faithfulness_correlation" in which:
         f = faithfulness_correlation(score, image, baseline, saliency, target_region, faithfulness_runs,
                                      faithfulness_subset, seed, patch, report("faithfulness correlation"))

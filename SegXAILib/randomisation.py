@@ -100,7 +100,8 @@ def compare_maps(original: np.ndarray, other: np.ndarray) -> dict:
 def parameter_layers(network: torch.nn.Module, example_input: Optional[torch.Tensor] = None) -> list:
     """Names of the modules that own parameters directly, from the output side to the input.
 
-    With ``example_input`` the order is the order in which they run (forward hooks on one pass), reversed;
+    With ``example_input`` the order is the order in which their parameters are first used in one forward pass,
+    reversed (read from every torch call, so a position embedding added mid-network sits where it is used);
     without it, the order in which they are registered, reversed (the same for sequential models).
     """
     owners = [(name, m) for name, m in network.named_modules() if any(True for _ in m.parameters(recurse=False))]
@@ -108,17 +109,29 @@ def parameter_layers(network: torch.nn.Module, example_input: Optional[torch.Ten
         raise SegXAIError("the network has no parameters to randomise")
     if example_input is None:
         return [name for name, _ in reversed(owners)]
-    seen: list = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append(name) if name not in seen else None)
-             for name, m in owners]
-    try:
-        with torch.no_grad():
-            network(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-    never_run = [name for name, _ in owners if name not in seen]  # e.g. parameters used outside forward hooks
-    return list(reversed(seen)) + never_run
+    owner_of = {id(p): name for name, m in owners for p in m.parameters(recurse=False)}
+    recorder = _FirstUse(owner_of)
+    with torch.no_grad(), recorder:
+        network(example_input)
+    never_used = [name for name, _ in owners if name not in recorder.order]
+    return list(reversed(recorder.order)) + never_used
+
+
+class _FirstUse(torch.overrides.TorchFunctionMode):
+    """Records, in order, the owner of each parameter the first time a torch call receives it."""
+
+    def __init__(self, owner_of: dict) -> None:
+        super().__init__()
+        self.owner_of, self.order = owner_of, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in list(args) + list(kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                name = self.owner_of.get(id(t)) if isinstance(t, torch.Tensor) else None
+                if name is not None and name not in self.order:
+                    self.order.append(name)
+        return func(*args, **kwargs)
 
 
 def _draw_seed(seed: int, step: int, index: int) -> int:

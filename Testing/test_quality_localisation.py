@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SegXAILib.localisation import (energy_inside, localisation_scores, pointing_game, relevance_mass_accuracy,
+from SegXAILib.localisation import (array_spacing, energy_inside, localisation_scores, pointing_game, relevance_mass_accuracy,
                                     relevance_rank_accuracy)
 from SegXAILib.map_complexity import entropy_complexity, gini_sparseness
 from test_quality_faithfulness import import_quantus
@@ -88,3 +88,13 @@ def test_localisation_says_what_it_was_measured_against():
     assert without["relevance_mass_accuracy"] == 0.0 and without["pointing_game"] is False
     assert with_ref["pointing_game"] is True
     assert energy_inside(-sal, reference) != energy_inside(-sal, reference)  # no positive relevance: nan
+
+
+def test_array_spacing_follows_the_array_axes():
+    from SegXAILib.volume import Volume
+    import SimpleITK as sitk
+
+    image = sitk.Image([5, 6, 7], sitk.sitkFloat32)  # i, j, k sizes
+    image.SetSpacing((0.5, 2.0, 4.0))
+    volume = Volume.from_sitk(image)
+    assert volume.array.shape == (7, 6, 5) and array_spacing(volume.grid) == pytest.approx((4.0, 2.0, 0.5))

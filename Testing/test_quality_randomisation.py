@@ -115,3 +115,21 @@ def test_randomised_copy_changes_every_layer_and_not_the_original():
     clone = randomised_copy(net, seed=1)
     assert all(torch.equal(p, q) for p, q in zip(before, net.parameters()))
     assert all(not torch.equal(p, q) for p, q in zip(clone.parameters(), net.parameters()))
+
+
+class WithEmbedding(torch.nn.Module):
+    """A parameter owned by the root and used in the middle, as TransUNet's position embedding is."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv3d(1, 2, 1)
+        self.head = torch.nn.Conv3d(2, 1, 1)
+        self.position = torch.nn.Parameter(torch.zeros(1, 2, 1, 1, 1))
+
+    def forward(self, x):
+        return self.head(self.stem(x) + self.position)
+
+
+def test_layer_order_follows_where_parameters_are_used():
+    net = WithEmbedding()
+    assert parameter_layers(net, torch.rand(1, 1, 4, 4, 4)) == ["head", "", "stem"]
