@@ -22,16 +22,27 @@ UI = ROOT / "SegXAI" / "Resources" / "UI" / "SegXAI.ui"
 pytestmark = pytest.mark.skipif(not SLICER_581.is_dir(), reason="Slicer 5.8.1's Python is not beside the checkout")
 
 
-@pytest.fixture(scope="module")
-def record(tmp_path_factory):
+def run_scenarios(tmp_path_factory, mode: str) -> dict:
     pytest.importorskip("slicer")
     out = tmp_path_factory.mktemp("scenarios") / "scenarios.json"
-    proc = subprocess.run([sys.executable, "-m", "slicer_standins.scenarios", str(out)], cwd=ROOT / "Testing",
+    proc = subprocess.run([sys.executable, "-m", "slicer_standins.scenarios", str(out), mode], cwd=ROOT / "Testing",
                           capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert "error" not in data["import"], data["import"]["error"]
     return data
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    """The panel on a fresh Slicer: torch and MONAI cannot be imported."""
+    return run_scenarios(tmp_path_factory, "fresh")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The panel with everything installed and slicer-core's module logics: a real run."""
+    return run_scenarios(tmp_path_factory, "installed")
 
 
 def scenario(record, name) -> dict:
@@ -155,3 +166,14 @@ def test_torch_is_installed_the_way_the_pytorch_extension_does(record):
     assert ours is not None and ours[1:3] == ["-m", "light_the_torch"]
     theirs = [arg for arg in seen["their_args"] if not arg.startswith("torchvision")]
     assert ours[3:] == theirs
+
+
+def test_apply_runs_the_background_child_and_shows_results_on_the_processed_volume(installed):
+    """End to end: Apply → PythonSlicer-style child (the real segmentation and Grad-CAM) → results in the scene,
+    on the volume processed although another one got selected meanwhile; the job's folder is gone."""
+    seen = scenario(installed, "apply_end_to_end")
+    assert seen["prompts"] == [] and seen["started"] and seen["errors"] == []
+    assert seen["segmentations_on_processed"] and seen["maps_on_processed"] == ["gradcam"]
+    assert seen["nodes_on_other"] == [] and seen["map_grid_matches"]
+    assert seen["work_dir_left"] is False and seen["button"] == "Apply"
+    assert seen["summary"].startswith("Grad-CAM explains") and len(seen["overlays"]) == 1

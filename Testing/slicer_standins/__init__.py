@@ -69,8 +69,10 @@ class App:
         return None
 
 
-def install(module_path: Path = ROOT / "SegXAI" / "SegXAI.py"):
-    """Install the stand-ins and Slicer's real Python; returns the ``slicer`` package."""
+def install(module_path: Path = ROOT / "SegXAI" / "SegXAI.py", with_module_logics: bool = False):
+    """Install the stand-ins and Slicer's real Python; returns the ``slicer`` package.
+
+    ``with_module_logics``: a scene with slicer-core's module logics (needed to put results in the scene)."""
     if not SLICER_PYTHON.is_dir():
         raise RuntimeError(f"Slicer 5.8.1's Python is not at {SLICER_PYTHON}")
     here = Path(__file__).resolve().parent
@@ -85,9 +87,15 @@ def install(module_path: Path = ROOT / "SegXAI" / "SegXAI.py"):
     for name in dir(widgets):
         if name.startswith("qMRML"):
             setattr(slicer, name, getattr(widgets, name))
+    if with_module_logics:  # slicer-core's logics (segmentations, volumes, …), as SegXAILib.scene builds them
+        from SegXAILib import scene
+
+        scene.new_headless_scene()
+    else:
+        slicer.mrmlScene = slicer.vtkMRMLScene()
+        slicer.modules = types.SimpleNamespace()
+    slicer.modules.segxai = types.SimpleNamespace(path=str(module_path))
     slicer.app = App()
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    slicer.modules = types.SimpleNamespace(segxai=types.SimpleNamespace(path=str(module_path)))
     import slicer.ScriptedLoadableModule as scripted
     import slicer.parameterNodeWrapper as wrapper
 

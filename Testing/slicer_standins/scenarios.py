@@ -2,7 +2,8 @@
 
 ``python -m slicer_standins.scenarios OUT.json`` (cwd ``Testing``) blocks torch and MONAI (as on a fresh Slicer),
 installs the stand-ins, imports ``SegXAI/SegXAI.py`` and runs each scenario; every scenario records what it saw
-(or its traceback) in OUT.json for ``Testing/test_slicer_module.py`` to assert on.
+(or its traceback) in OUT.json for ``Testing/test_slicer_module.py`` to assert on. ``... OUT.json installed``
+runs the end-to-end scenario instead, with everything importable and slicer-core's module logics.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
-def _prepare():
+def _prepare(fresh: bool = True):
+    """fresh: torch and MONAI cannot be imported (a fresh Slicer); else everything installed, with module logics."""
     sys.path[:0] = [str(ROOT / "SegXAI"), str(ROOT), str(HERE.parent)]
     import slicer_standins
 
-    slicer_standins.block_imports("torch", "monai")
-    slicer = slicer_standins.install()
+    if fresh:
+        slicer_standins.block_imports("torch", "monai")
+    slicer = slicer_standins.install(with_module_logics=not fresh)
     import SegXAI
 
     return slicer, SegXAI
@@ -245,25 +248,75 @@ def scenario_pytorch_utils(slicer, SegXAI, out):
     out["our_torch_command"] = next((c for c in commands if "light_the_torch" in c), None)
 
 
+def scenario_apply_end_to_end(slicer, SegXAI, out):
+    """Everything installed: Apply on a small CT runs the real background child and shows its results."""
+    import time
+
+    import numpy as np
+
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "small CT")
+    hu = np.full((24, 40, 40), -1000, np.int16)
+    hu[4:20, 8:32, 8:32] = 60
+    slicer.util.updateVolumeFromArray(volume, hu)
+    volume.SetSpacing(3.0, 3.0, 3.0)
+    other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other CT")
+    widget = open_panel(slicer, SegXAI)
+    ui, logic = widget.ui, widget.logic
+    widget._parameterNode.inputVolume = volume
+    widget._parameterNode.device = "cpu"
+    prompts = []
+    slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: prompts.append(text) or False
+    errors = []
+    slicer.util.errorDisplay = lambda text, *a, **k: errors.append(text)
+    ui.applyButton.click()
+    out["prompts"] = prompts
+    out["started"] = logic.busy
+    work = logic._workDir
+    widget._parameterNode.inputVolume = other  # the user looks at another volume meanwhile
+    deadline = time.time() + 300
+    while logic.busy and time.time() < deadline:
+        widget.onPoll()
+        time.sleep(0.1)
+    widget.onPoll()
+    out["errors"] = errors
+    from SegXAILib import scene
+
+    segmentations = scene.segxai_nodes(slicer.mrmlScene, volume, role="segmentation")
+    maps = scene.segxai_nodes(slicer.mrmlScene, volume, role="map")
+    out["segmentations_on_processed"] = [n.GetName() for n in segmentations]
+    out["maps_on_processed"] = [n.GetAttribute("SegXAI.Method") for n in maps]
+    out["nodes_on_other"] = [n.GetName() for n in scene.segxai_nodes(slicer.mrmlScene, other)]
+    out["map_grid_matches"] = bool(maps) and maps[0].GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    out["work_dir_left"] = bool(work) and Path(work).exists()
+    out["log_lines"] = len(ui.logTextEdit.toPlainText().splitlines())
+    out["button"] = ui.applyButton.text
+    widget._parameterNode.inputVolume = volume
+    out["summary"] = ui.runSummaryLabel.text
+    out["overlays"] = [ui.overlayComboBox.itemText(i) for i in range(ui.overlayComboBox.count())]
+
+
+INSTALLED_SCENARIOS = [scenario_apply_end_to_end]
+
 SCENARIOS = [scenario_pytorch_utils, scenario_sample_data, scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
              scenario_results_go_to_processed_volume, scenario_cancel_and_log]
 
 
-def main(path: str) -> int:
+def main(path: str, mode: str = "fresh") -> int:
     import tempfile
 
     results = {}
     try:
-        slicer, SegXAI = _prepare()
+        slicer, SegXAI = _prepare(fresh=mode == "fresh")
     except Exception:
         results["import"] = {"error": traceback.format_exc()}
         Path(path).write_text(json.dumps(results, indent=1))
         return 0
     results["import"] = {"module": SegXAI.__file__}
     with tempfile.TemporaryDirectory(prefix="segxai-standins-") as tmp:
-        for scenario in SCENARIOS:
+        for scenario in SCENARIOS if mode == "fresh" else INSTALLED_SCENARIOS:
             out = {}
-            slicer.mrmlScene.Clear(0)
+            if mode == "fresh":
+                slicer.mrmlScene.Clear(0)
             try:
                 if "tmp" in scenario.__code__.co_varnames[:scenario.__code__.co_argcount]:
                     scenario(slicer, SegXAI, out, tmp)
@@ -279,4 +332,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))
