@@ -151,13 +151,14 @@ def explain_maps(volume, result, model, options: dict, progress=None, cancel=Non
 def run_job(options: dict, out_dir: str | os.PathLike, progress=None, cancel=None) -> Path:
     """Segment (and explain) ``options['input']``; write labels, maps and the manifest into ``out_dir``."""
     from . import __version__
-    from .models.store import load_model
-    from .pipeline import segment
     from .volume import json_safe, read_volume, write_json_atomic, write_volume
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    volume = read_volume(options["input"])
+    volume = read_volume(options["input"])  # a bad input fails here, before seconds of importing torch and MONAI
+    from .models.store import load_model
+    from .pipeline import segment
+
     model = load_model(options.get("model"), device="cpu")
     result = segment(volume, model, options.get("device", "auto"), progress=progress, cancel=cancel, name=options["input"])
     write_volume(result.labels, out_dir / "labels.nrrd", overwrite=True)

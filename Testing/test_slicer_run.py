@@ -76,9 +76,22 @@ def test_child_reports_error_as_one_line(tmp_path):
     assert kinds[-1][0] == "error" and "no such file" in kinds[-1][1]
 
 
+def cropped_ct(tmp_path) -> Path:
+    """A 64×64×24 block of the shared CT around its centre, keeping its real origin, spacing and direction."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(CT))
+    size = [min(n, m) for n, m in zip(image.GetSize(), (64, 64, 24))]
+    start = [(n - s) // 2 for n, s in zip(image.GetSize(), size)]
+    path = tmp_path / "ct_block.nii.gz"
+    sitk.WriteImage(sitk.RegionOfInterest(image, size, start), str(path))
+    return path
+
+
 @pytest.mark.skipif(not CT.exists(), reason="shared CT not present")
 def test_child_process_segments_and_parent_loads(tmp_path):
-    options = slicer_run.options_from(CT, model=a_model(tmp_path), device="cpu")
+    ct = cropped_ct(tmp_path)
+    options = slicer_run.options_from(ct, model=a_model(tmp_path), device="cpu")
     proc = subprocess.Popen(slicer_run.child_command(sys.executable, options, tmp_path / "job"), stdout=subprocess.PIPE, text=True)
     events = [slicer_run.parse_line(line) for line in proc.stdout]
     assert proc.wait(timeout=600) == 0
@@ -86,7 +99,7 @@ def test_child_process_segments_and_parent_loads(tmp_path):
     job = slicer_run.load_job(events[-1][1])
     from SegXAILib.volume import read_volume
 
-    assert job["labels"].same_geometry(read_volume(CT), atol=1e-4)
+    assert job["labels"].same_geometry(read_volume(ct), atol=1e-4)
     assert job["classes"][1].name == "liver" and job["classes"][1].snomed_code == "10200004"
     assert job["maps"] == [] and job["provenance"]["model"]
     from SegXAILib import module_logic
