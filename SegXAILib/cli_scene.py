@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--quality", action="store_true", help="add the explanation scores (energy inside, pointing game, curves; slow)")
     p.add_argument("--model", default=None, help="bundled model name or a folder with card.json")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--scale", default="family", choices=("family", "map"),
+                   help="colour scale of the maps: 'family' (maps of one method family share it, so they compare) "
+                        "or 'map' (each map its own); the volumes keep raw values either way")
+    p.add_argument("--no-3d", dest="show_3d", action="store_false", help="do not build the segments' 3D surfaces")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scene")
     p.set_defaults(func=run)
 
@@ -58,16 +62,34 @@ def run(args) -> int:
         display = input_node.GetDisplayNode()
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(-160.0, 240.0)  # abdomen window
-        nodes = bridge.show_results(input_node, job["labels"], job["classes"], job["maps"], job["provenance"], scene)
+        nodes = bridge.show_results(input_node, job["labels"], job["classes"], job["maps"], job["provenance"], scene,
+                                    class_metrics=card_metrics(args.model), scale=getattr(args, "scale", "family"),
+                                    show_3d=getattr(args, "show_3d", True))
         path = bridge.save_scene(mrml, scene, overwrite=args.overwrite)
     table = job["manifest"]["class_table"]
     print(f"{args.input}: segmented with {job['manifest']['model']} on {job['manifest']['device']}")
     for row in table:
         print(f"  {row['name']:<14} {row['voxels']:>10} voxels {row['volume_ml']:>10.1f} mL")
+    hidden = (nodes["segmentation"].GetAttribute("SegXAI.HiddenClasses") or "") if nodes["segmentation"] else ""
+    if hidden:
+        print(f"  not shown (the model card reports them found on no measured patient): {hidden}")
     for node in nodes["maps"]:
         print(f"  map {node.GetAttribute('SegXAI.Method')}: {node.GetName()}")
     print(f"wrote {path} (open it in 3D Slicer: File > Add Data, or drag and drop)")
     return 0
+
+
+def card_metrics(model) -> dict:
+    """The ``metrics`` of the model card (what it measured, per class), {} when the card has none."""
+    import json
+
+    from .models.store import resolve_model_folder
+
+    try:
+        card = json.loads((resolve_model_folder(model) / "card.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card.get("metrics") or {}
 
 
 def _progress():

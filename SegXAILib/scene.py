@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
+from . import display as look
 from .errors import SegXAIError
 from .volume import Volume
 
@@ -24,23 +25,14 @@ ROLE = "SegXAI.Role"
 SOURCE_REFERENCE = "SegXAI.source"
 #: attribute prefix for provenance (model, method, layer, target class, region, steps, version, scores)
 PREFIX = "SegXAI."
-#: opacity of the saliency overlay over the CT in slice views
-DEFAULT_OPACITY = 0.4
+#: opacity of the saliency overlay over the CT in slice views (decided in :mod:`SegXAILib.display`)
+DEFAULT_OPACITY = look.DEFAULT_OPACITY
+#: attribute holding a digest of a segmentation's masks and names as SegXAI made it (edits change it)
+CONTENT_HASH = PREFIX + "ContentHash"
+#: role of a segmentation SegXAI must never replace: one the user edited, or the user's own node it wrote into
+KEPT_ROLE = "segmentation (kept)"
 #: version string written into saved scenes when no running Slicer tells us its own ("App major.minor.patch rev")
 DEFAULT_SCENE_VERSION = "Slicer 5.8.0 33216"
-
-# Slicer's own colour tables, when the colors logic loaded its colour files (real Slicer does; slicer-core not)
-_SLICER_INFERNO = ("vtkMRMLColorTableNodeFileInferno.txt",)
-# Control points of matplotlib's inferno (CC0), enough for a faithful linear interpolation.
-_INFERNO = [
-    (0.000, (0.001, 0.000, 0.014)), (0.125, (0.116, 0.042, 0.281)), (0.250, (0.258, 0.039, 0.406)),
-    (0.375, (0.416, 0.090, 0.433)), (0.500, (0.578, 0.148, 0.404)), (0.625, (0.735, 0.216, 0.330)),
-    (0.750, (0.865, 0.317, 0.226)), (0.875, (0.954, 0.469, 0.100)), (1.000, (0.988, 0.998, 0.645)),
-]
-# Blue → (transparent) white → red, for signed maps: values near zero vanish through alpha, not a threshold.
-_DIVERGING = [(0.0, (0.019, 0.188, 0.380)), (0.25, (0.263, 0.576, 0.765)), (0.5, (0.969, 0.969, 0.969)),
-              (0.75, (0.839, 0.376, 0.302)), (1.0, (0.404, 0.000, 0.122))]
-
 
 # ---- scene and logics ---------------------------------------------------------------------------
 def require_slicer() -> None:
@@ -116,6 +108,8 @@ def new_headless_scene():
     slicer.mrmlScene = scene
     slicer.modules = modules
     slicer._segxai_headless = (app, keep)  # keep the logics alive as long as the scene
+    if hasattr(slicer.vtkMRMLSliceNode, "AddDefaultSliceOrientationPresets"):  # as Slicer's application does:
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)  # else saved views are "Reformat"
     _ensure_slice_views(scene)
     return scene
 
@@ -127,13 +121,13 @@ def _ensure_slice_views(scene) -> None:
     if scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"):
         return
     for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
-        slice_node = slicer.vtkMRMLSliceNode()
+        slice_node = scene.CreateNodeByClass("vtkMRMLSliceNode")  # copies the scene's default orientation presets
         slice_node.SetName(name)
         slice_node.SetLayoutName(name)
         slice_node.SetSingletonTag(name)
+        slice_node = scene.AddNode(slice_node)
         if hasattr(slice_node, "SetOrientation"):
             slice_node.SetOrientation(orientation)
-        scene.AddNode(slice_node)
         composite = slicer.vtkMRMLSliceCompositeNode()
         composite.SetLayoutName(name)
         composite.SetSingletonTag(name)
@@ -183,60 +177,30 @@ def add_volume_node(volume: Volume, name: str, scene=None, label: bool = False):
     return node
 
 
-# ---- display ranges (pure numpy) ------------------------------------------------------------------
+# ---- display ranges and colour tables ----------------------------------------------------------------
 def display_range(array: np.ndarray, signed: bool, low_pct: float = 1.0, high_pct: float = 99.5, faint: float = 0.1) -> dict:
-    """Window and threshold for a map from its robust range of non-zero values.
-
-    Non-negative maps: window [p_low, p_high], threshold ``faint``·p_high so faint values vanish.
-    Signed maps: a window symmetric about zero, ±p_high of |values| (zero sits at the colour map's centre).
-    """
-    values = np.asarray(array, dtype=np.float64)
-    values = values[np.isfinite(values) & (values != 0)]
-    if values.size == 0:
-        return {"window_min": -1.0 if signed else 0.0, "window_max": 1.0, "threshold": 0.0}
-    if signed:
-        top = float(np.percentile(np.abs(values), high_pct)) or float(np.abs(values).max())
-        return {"window_min": -top, "window_max": top, "threshold": float("-inf")}
-    values = values[values > 0]
-    if values.size == 0:
-        return {"window_min": 0.0, "window_max": 1.0, "threshold": 0.0}
-    high = float(np.percentile(values, high_pct)) or float(values.max())
-    low = min(float(np.percentile(values, low_pct)), high * 0.999)
-    return {"window_min": low, "window_max": high, "threshold": faint * high}
+    """Window and threshold of a map on its own scale (kept for callers; the decisions live in ``display``)."""
+    low, high = look.robust_range(array, signed, low_pct, high_pct)
+    return {"window_min": low, "window_max": high, "threshold": float("-inf") if signed else faint * high}
 
 
-def _ramp(points: list, n: int = 256) -> np.ndarray:
-    """(n, 3) colours interpolated linearly between (position, rgb) control points."""
-    pos = np.array([p for p, _ in points])
-    rgb = np.array([c for _, c in points])
-    x = np.linspace(0.0, 1.0, n)
-    return np.stack([np.interp(x, pos, rgb[:, i]) for i in range(3)], axis=1)
-
-
-def _color_node(scene, signed: bool):
-    """Inferno for non-negative maps (Slicer's own when loaded), SegXAI's blue–clear–red for signed maps."""
-    if not signed:
-        for node_id in _SLICER_INFERNO:
-            node = scene.GetNodeByID(node_id)
-            if node is not None:
-                return node
-    name = "SegXAI Diverging" if signed else "SegXAI Inferno"
+def _color_node(scene, style):
+    """SegXAI's colour table for ``style`` (inferno, or diverging with its clear band around zero), made once."""
+    name = look.COLORMAP_NODE_NAMES[style.colormap]
+    band = f"{style.clear_band:.6g}"
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetAttribute(ROLE) == "colormap" and node.GetName() == name:
+        if (node.GetAttribute(ROLE) == "colormap" and node.GetName() == name
+                and (node.GetAttribute(PREFIX + "ClearBand") or "0") == band):
             return node
-    colors = _ramp(_DIVERGING if signed else _INFERNO)
+    colors = look.colormap_rgba(style.colormap, clear_band=style.clear_band)
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
     node.SetTypeToUser()
     node.SetNumberOfColors(len(colors))
-    if hasattr(node, "SetNamesInitialised"):
-        node.NamesInitialisedOn()
-    for i, (r, g, b) in enumerate(colors):
-        alpha = 1.0
-        if signed:  # fade to clear around zero so faint attributions vanish over the CT
-            alpha = float(min(1.0, abs(i - (len(colors) - 1) / 2) / (0.1 * len(colors))))
-        node.SetColor(i, f"{i}", float(r), float(g), float(b), alpha)
+    for i, (r, g, b, a) in enumerate(colors):
+        node.SetColor(i, f"{i}", float(r), float(g), float(b), float(a))
     node.SetAttribute(ROLE, "colormap")
+    node.SetAttribute(PREFIX + "ClearBand", band)
     node.SetAttribute(PREFIX + "Version", __version__)
     return node
 
@@ -336,27 +300,35 @@ def _check_grid(volume: Volume, input_node, what: str) -> None:
                           "results must be resampled to the input before they reach the scene")
 
 
-def add_segmentation(input_node, labels: Volume, classes: list, provenance: dict, scene=None):
-    """A Segmentation node with one segment per foreground class (name, colour, terminology code)."""
+def add_segmentation(input_node, labels: Volume, classes: list, provenance: dict, scene=None, *,
+                     class_metrics: Optional[dict] = None, segmentation_node=None, show_3d: bool = False):
+    """A Segmentation node with one segment per shown foreground class (name, colour, terminology code).
+
+    ``class_metrics`` (a model card's ``metrics``) hides the classes the card never found
+    (:func:`SegXAILib.display.shown_classes`); every class stays listed in the provenance attributes.
+    ``segmentation_node``: fill this node instead of a new one (its own segments are kept). Segments are
+    drawn as outlines in slice views and, with ``show_3d``, as closed surfaces in 3D.
+    """
     import slicer
     import vtk
+    from vtk.util import numpy_support
 
     scene = scene or ensure_scene()
     _check_grid(labels, input_node, "the label volume")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{input_node.GetName()} SegXAI segmentation")
-    node.CreateDefaultDisplayNodes()
+    node = segmentation_node
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{input_node.GetName()} SegXAI segmentation")
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(input_node)
     array = np.asarray(labels.array)
     dims = array.shape[::-1]
-    for c in classes:
-        if c.value == 0:
-            continue
+    shown = look.shown_classes(classes, class_metrics)
+    for c in shown:
         mask = np.ascontiguousarray((array == c.value).astype(np.uint8))
         image = slicer.vtkOrientedImageData()
         image.SetDimensions(*dims)
         image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        from vtk.util import numpy_support
-
         image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
         image.SetImageToWorldMatrix(_vtk_matrix(labels.ijk_to_ras))
         color = [v / 255.0 for v in c.color]
@@ -366,46 +338,153 @@ def add_segmentation(input_node, labels: Volume, classes: list, provenance: dict
         segment.SetTag(PREFIX + "LabelValue", str(c.value))
     if hasattr(node.GetSegmentation(), "CollapseBinaryLabelmaps"):
         node.GetSegmentation().CollapseBinaryLabelmaps(False)
-    _mark(node, input_node, "segmentation", provenance)
+    everything = [c.name for c in classes if c.value != 0]
+    hidden = look.hidden_classes(classes, class_metrics)
+    _mark(node, input_node, "segmentation", dict(provenance, classes=", ".join(everything),
+                                                 hidden_classes=", ".join(hidden)))
+    node.SetDescription(_segmentation_description(provenance, everything, hidden))
+    style_segments(node, show_3d)
+    node.SetAttribute(CONTENT_HASH, content_hash(node, input_node))
     return node
 
 
-def add_map(input_node, name: str, volume: Volume, metadata: dict, signed: bool, provenance: dict, scene=None):
-    """One explanation map as a scalar volume on the input's grid: colour map, window, threshold, legend, VR."""
+def _segmentation_description(provenance: dict, everything: list, hidden: list) -> str:
+    text = f"SegXAI segmentation by {provenance.get('model') or 'the model'}"
+    if hidden:
+        text += (f". Not shown: {', '.join(hidden)} (the model card does not report them found on any measured"
+                 f" patient); the model outputs {', '.join(everything)}")
+    return text + "."
+
+
+def style_segments(segmentation_node, show_3d: Optional[bool] = None) -> None:
+    """Outlines (no fill) in slice views, so a map under them keeps its colours; closed surfaces for 3D."""
+    shape = look.SEGMENTS
+    display = segmentation_node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetVisibility2DFill(shape.fill_2d)
+    display.SetVisibility2DOutline(shape.outline_2d)
+    display.SetSliceIntersectionThickness(shape.outline_width)
+    display.SetOpacity3D(shape.opacity_3d)
+    if show_3d is not None:
+        show_segmentation_3d(segmentation_node, show_3d)
+
+
+def show_segmentation_3d(segmentation_node, visible: bool = True) -> None:
+    """Show 3D: build the closed-surface representation (once) and show it in 3D views, or hide it."""
+    if visible and shape_of(segmentation_node) is None:
+        segmentation_node.CreateClosedSurfaceRepresentation()
+    display = segmentation_node.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility3D(bool(visible))
+
+
+def shape_of(segmentation_node):
+    """The closed-surface representation's name when the segmentation has one, else None."""
+    import slicer
+
+    name = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    segmentation = segmentation_node.GetSegmentation()
+    return name if segmentation.ContainsRepresentation(name) else None
+
+
+def content_hash(segmentation_node, input_node) -> str:
+    """A digest of every segment's name and mask on the input's grid: changes when the user edits a segment."""
+    import hashlib
+
+    import slicer
+
+    digest = hashlib.sha256()
+    segmentation = segmentation_node.GetSegmentation()
+    for k in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(k)
+        digest.update(segmentation.GetSegment(segment_id).GetName().encode("utf-8") + b"\0")
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, input_node)
+        digest.update(np.packbits(np.asarray(mask) > 0).tobytes())
+    return digest.hexdigest()
+
+
+def is_edited(segmentation_node, input_node) -> bool:
+    """True when a SegXAI segmentation no longer holds what SegXAI wrote (segments painted, added, renamed, removed)."""
+    if segmentation_node.GetAttribute(ROLE) == KEPT_ROLE:
+        return True
+    made = segmentation_node.GetAttribute(CONTENT_HASH)
+    if not made:
+        return False  # made before SegXAI stored digests: nothing tells an edit apart
+    return content_hash(segmentation_node, input_node) != made
+
+
+def keep_as_edited(segmentation_node) -> None:
+    """Take an edited segmentation out of SegXAI's hands: later runs leave it alone."""
+    segmentation_node.SetAttribute(ROLE, KEPT_ROLE)
+    segmentation_node.SetAttribute(PREFIX + "Edited", "true")
+    if not segmentation_node.GetName().endswith("(edited)"):
+        segmentation_node.SetName(f"{segmentation_node.GetName()} (edited)")
+
+
+def add_map(input_node, name: str, volume: Volume, metadata: dict, signed: bool, provenance: dict, scene=None, *,
+            window: Optional[tuple] = None, scale: str = "map", opacity: float = DEFAULT_OPACITY):
+    """One explanation map as a scalar volume on the input's grid: colour map, window, what is hidden, legend, VR.
+
+    ``window`` is the display range (from :func:`SegXAILib.display.common_windows`; default the map's own
+    robust range); the voxels keep their raw values.
+    """
     import slicer
 
     scene = scene or ensure_scene()
     _check_grid(volume, input_node, f"map {name!r}")
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{input_node.GetName()} SegXAI {name}")
+    info = dict(provenance, **metadata)
+    method = info.get("method") or name
+    style = look.map_style(volume.array, method, signed, target_class=info.get("target_class"),
+                           region=info.get("region"), layer=info.get("layer"), window=window, scale=scale,
+                           opacity=opacity)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", _map_node_name(input_node, name, method, style, info))
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array, dtype=np.float32))
     node.CopyOrientation(input_node)
     node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    rng = display_range(volume.array, signed)
-    display.SetAndObserveColorNodeID(_color_node(scene, signed).GetID())
-    display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(rng["window_min"], rng["window_max"])
-    if signed:
-        display.ApplyThresholdOff()
-    else:
-        display.AutoThresholdOff()
-        display.SetThreshold(rng["threshold"], max(float(np.max(volume.array)), rng["threshold"]) + 1.0)
-        display.ApplyThresholdOn()
-    display.SetInterpolate(True)
-    _mark(node, input_node, "map", dict(provenance, **metadata, signed=signed, map=name))
-    _add_legend(node, name)
+    apply_map_style(node, style, scene)
+    _mark(node, input_node, "map", dict(info, signed=style.signed, map=name, scale=scale,
+                                        window=f"{style.window[0]:.6g} {style.window[1]:.6g}"))
+    node.SetDescription(look.description(method, info.get("target_class"), info.get("region"), info.get("layer"),
+                                         info.get("model"), style.signed, scale))
+    _add_legend(node, style)
     _add_volume_rendering(scene, node)
     return node
 
 
-def _add_legend(node, title: str) -> None:
-    """A colour legend (hidden until the map is the overlay), through the colors logic when present."""
+def _map_node_name(input_node, name: str, method: str, style, info: dict) -> str:
+    """'ct SegXAI Grad-CAM (liver)': the method in plain words and the class it explains."""
+    title = look.method_info(method, style.signed).title
+    label = title if name == method else f"{title} {name}"
+    target = info.get("target_class")
+    return f"{input_node.GetName()} SegXAI {label}" + (f" ({target})" if target else "")
+
+
+def apply_map_style(node, style, scene=None) -> None:
+    """Set a map node's display from a :class:`SegXAILib.display.MapStyle` (also for a changed window)."""
+    scene = scene or node.GetScene()
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(_color_node(scene, style).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*style.window)
+    display.AutoThresholdOff()
+    if style.threshold is None:  # signed: the colour table's clear band hides the values around zero
+        display.ApplyThresholdOff()
+    else:
+        display.SetThreshold(*style.threshold)
+        display.ApplyThresholdOn()
+    display.SetInterpolate(True)
+
+
+def _add_legend(node, style) -> None:
+    """A colour legend (hidden until the map is the overlay): method and class, then unit, region and layer."""
     logic = _logic("colors")
     if logic is None or not hasattr(logic, "AddDefaultColorLegendDisplayNode"):
         return
     legend = logic.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
-        legend.SetTitleText(title)
+        legend.SetTitleText(f"{style.title}\n{style.subtitle}")
+        legend.SetLabelFormat(style.label_format)
         legend.SetVisibility(False)
         legend.SetAttribute(ROLE, "legend")
 
@@ -421,6 +500,10 @@ def _add_volume_rendering(scene, node) -> None:
         return
     if display is not None:
         display.SetVisibility(False)
+        for getter in ("GetVolumePropertyNode", "GetROINode", "GetMarkupsROINode"):
+            made = getattr(display, getter, lambda: None)()
+            if made is not None:  # mark what VR made for this map, so a rerun removes it with the map
+                made.SetAttribute(PREFIX + "MadeFor", node.GetID())
 
 
 def legend_of(node):
@@ -453,13 +536,39 @@ def set_overlay_opacity(opacity: float, scene=None) -> None:
         scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").SetForegroundOpacity(float(opacity))
 
 
+def place_in_hierarchy(nodes: list, input_node, scene=None) -> None:
+    """Put result nodes beside the input in the subject hierarchy: under its study (its parent item)."""
+    import slicer
+
+    scene = scene or ensure_scene()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return
+    input_item = hierarchy.GetItemByDataNode(input_node)
+    if not input_item:
+        return
+    parent = hierarchy.GetItemParent(input_item)
+    if not parent:
+        return
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if not item:  # Slicer's plugins make an item for every data node; slicer-core alone does not
+            hierarchy.CreateItem(parent, node)
+        elif hierarchy.GetItemParent(item) != parent:
+            hierarchy.SetItemParent(item, parent)
+
+
 def show_results(input_node, labels: Optional[Volume], classes: list, maps: list, provenance: dict,
-                 scene=None, opacity: float = DEFAULT_OPACITY) -> dict:
+                 scene=None, opacity: float = DEFAULT_OPACITY, *, class_metrics: Optional[dict] = None,
+                 scale: str = "family", segmentation_node=None, show_3d: bool = False) -> dict:
     """Put one run's results in the scene, replacing only what SegXAI made earlier for the same input.
 
     ``maps`` is a list of ``(name, Volume, metadata, signed)``; every volume must lie on the input's grid.
-    On any error the nodes made so far are removed again, so the scene is left as it was (minus old results
-    only once the new ones are complete).
+    ``class_metrics``: the model card's ``metrics``, to show only the classes it found; ``scale``: "family"
+    (maps of one method family share a colour scale) or "map"; ``segmentation_node``: write the segments
+    there instead of a new node; ``show_3d``: closed surfaces in 3D views. A previous SegXAI segmentation
+    the user edited is kept (renamed "... (edited)") and a new one is made. On any error the nodes made so
+    far are removed again, so the scene is left as it was.
     """
     scene = scene or ensure_scene()
     if input_node is None or not scene.IsNodePresent(input_node):
@@ -469,16 +578,31 @@ def show_results(input_node, labels: Optional[Volume], classes: list, maps: list
         _check_grid(labels, input_node, "the label volume")
     for name, volume, _, _ in maps:
         _check_grid(volume, input_node, f"map {name!r}")
+    windows = look.common_windows([(name, (meta or {}).get("method") or name, volume.array, bool(signed))
+                                   for name, volume, meta, signed in maps], scale)
+    # edits first: an edited previous segmentation leaves SegXAI's hands before anything is replaced
+    for old in segxai_nodes(scene, input_node, role="segmentation"):
+        if old is not segmentation_node and is_edited(old, input_node):
+            keep_as_edited(old)
+    reused = segmentation_node is not None and segmentation_node.GetAttribute(ROLE) == "segmentation" \
+        and not is_edited(segmentation_node, input_node)
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     made = []
     try:
         segmentation = None
         if labels is not None:
-            segmentation = add_segmentation(input_node, labels, classes, provenance, scene)
+            target = segmentation_node
+            if reused:
+                target.GetSegmentation().RemoveAllSegments()
+            segmentation = add_segmentation(input_node, labels, classes, provenance, scene, class_metrics=class_metrics,
+                                            segmentation_node=target, show_3d=show_3d)
+            if segmentation_node is not None and not reused:
+                segmentation.SetAttribute(ROLE, KEPT_ROLE)  # the user's node: filled, never replaced later
             made.append(segmentation)
         map_nodes = []
         for name, volume, metadata, signed in maps:
-            node = add_map(input_node, name, volume, dict(metadata or {}), bool(signed), provenance, scene)
+            node = add_map(input_node, name, volume, dict(metadata or {}), bool(signed), provenance, scene,
+                           window=windows[name], scale=scale, opacity=opacity)
             map_nodes.append(node)
             made.append(node)
     except BaseException:
@@ -487,23 +611,33 @@ def show_results(input_node, labels: Optional[Volume], classes: list, maps: list
             if scene.IsNodePresent(node):
                 scene.RemoveNode(node)
         raise
-    # the new results are complete: now drop the previous run's nodes (never anybody else's)
+    # the new results are complete: now drop the previous run's nodes (never anybody else's, never edits)
     new_ids = {n.GetID() for n in made}
     for node in segxai_nodes(scene, input_node):
-        if node.GetID() not in new_ids and node.GetAttribute(ROLE) != "colormap":
+        if node.GetID() not in new_ids and node.GetAttribute(ROLE) not in ("colormap", KEPT_ROLE):
             _remove_with_companions(scene, node)
     if input_node.GetDisplayNode() is None:
         input_node.CreateDefaultDisplayNodes()
     _ensure_slice_views(scene)
+    place_in_hierarchy(made, input_node, scene)
     show_overlay(input_node, map_nodes[0] if map_nodes else None, opacity, scene)
     return {"segmentation": segmentation, "maps": map_nodes}
 
 
 def _remove_with_companions(scene, node) -> None:
+    """Remove a node with its display and storage nodes and what volume rendering made for it."""
     companions = []
     for getter, count in (("GetNthDisplayNode", "GetNumberOfDisplayNodes"), ("GetNthStorageNode", "GetNumberOfStorageNodes")):
         if hasattr(node, count):
             companions += [getattr(node, getter)(k) for k in range(getattr(node, count)())]
+    for display in list(companions):
+        for getter in ("GetVolumePropertyNode", "GetROINode", "GetMarkupsROINode"):
+            extra = getattr(display, getter, lambda: None)() if display is not None else None
+            if extra is not None and extra.GetAttribute(PREFIX + "MadeFor") == node.GetID():
+                companions.append(extra)
+                storage = extra.GetStorageNode() if hasattr(extra, "GetStorageNode") else None
+                if storage is not None:
+                    companions.append(storage)
     for extra in companions:
         if extra is not None and scene.IsNodePresent(extra):
             scene.RemoveNode(extra)
@@ -569,8 +703,10 @@ def save_scene(path: str | os.PathLike, scene=None, overwrite: bool = False) -> 
     plan = []
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
-        if not node.GetSaveWithScene() or node.IsA("vtkMRMLColorNode"):
-            continue  # colour tables: the scene's Commit writes user tables into <scene>_Private itself
+        if not node.GetSaveWithScene():
+            continue
+        if node.IsA("vtkMRMLColorNode") and node.GetAttribute(ROLE) != "colormap":
+            continue  # Slicer's own colour tables come with every Slicer; SegXAI's must be written or maps load blank
         storage = node.GetStorageNode()
         if storage is None:
             storage = node.CreateDefaultStorageNode()

@@ -188,7 +188,7 @@ def test_scene_saves_and_loads_back(S, tmp_path):
     node = S.add_volume_node(ct, "CT")
     run(S, node, ct)
     path = S.save_scene(tmp_path / "review.mrml")
-    assert (tmp_path / "CT_SegXAI_segmentation.seg.nrrd").exists() and (tmp_path / "CT_SegXAI_gradcam.nrrd").exists()
+    assert (tmp_path / "CT_SegXAI_segmentation.seg.nrrd").exists() and (tmp_path / "CT_SegXAI_Grad-CAM_liver.nrrd").exists()
     assert '<MRML version="Slicer ' in path.read_text()[:200]
     with pytest.raises(SegXAIError, match="exists"):
         S.save_scene(path)
@@ -205,6 +205,12 @@ def test_scene_saves_and_loads_back(S, tmp_path):
     assert grad.GetImageData().GetDimensions() == ct.shape[::-1]
     assert "Inferno" in grad.GetDisplayNode().GetColorNode().GetName()
     assert grad.GetDisplayNode().GetApplyThreshold()
+    # the colour tables travel with the scene: a map whose table is lost loads blank (all entries black, alpha 0)
+    for m in maps.values():
+        table = m.GetDisplayNode().GetColorNode()
+        assert table.GetNumberOfColors() == 256
+        rgba = np.array([table.GetLookupTable().GetTableValue(i) for i in range(256)])
+        assert rgba[-1, :3].max() > 0.3 and rgba[-1, 3] == 1.0
     assert grad.GetAttribute("SegXAI.Version") == __version__
     composite = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
     assert composite.GetForegroundVolumeID() == grad.GetID() and composite.GetBackgroundVolumeID() == ct_back.GetID()
@@ -282,3 +288,199 @@ def test_reference_metrics_rows():
     rows = reference_metrics_rows(labels, CLASSES, {"Liver": ref, "kidney": ref})
     assert [r["segment"] for r in rows] == ["liver"] and rows[0]["dice"] == pytest.approx(1.0)
     assert rows[0]["volume_pred_ml"] == pytest.approx(ref.sum() * ct.voxel_volume_ml)
+
+
+# ---- reruns, edits, hierarchy, class filter (issue 15) ------------------------------------------------
+def _count(scene, cls):
+    return scene.GetNumberOfNodesByClass(cls)
+
+
+def test_reruns_do_not_pile_up_volume_rendering_nodes(S):
+    """Finding 9: every rerun made one volume property (and ROI) per map and removed none: 2 -> 4 -> 6."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    counts = []
+    for _ in range(3):
+        run(S, node, ct)
+        counts.append({c: _count(scene, c) for c in ("vtkMRMLVolumePropertyNode", "vtkMRMLMarkupsROINode",
+                                                      "vtkMRMLVolumeRenderingDisplayNode", "vtkMRMLScalarVolumeNode",
+                                                      "vtkMRMLVolumePropertyStorageNode")})
+    assert counts[0]["vtkMRMLVolumePropertyNode"] == 2  # one per map: the check below is not vacuous
+    assert counts[0] == counts[1] == counts[2]
+
+
+def _paint(seg_node, ct_node, name, box):
+    """Change a segment as a user's paint stroke would: set a box of voxels in its mask."""
+    import slicer
+
+    segmentation = seg_node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(name)
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg_node, segment_id, ct_node)
+    mask[box] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, seg_node, segment_id, ct_node)
+
+
+def test_rerun_keeps_a_segmentation_the_user_edited(S):
+    """Finding 10: a rerun deleted the previous SegXAI segmentation, manual edits included."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    first = run(S, node, ct)["segmentation"]
+    painted = (slice(0, 2), slice(0, 3), slice(0, 3))
+    _paint(first, node, "liver", painted)
+    second = run(S, node, ct)["segmentation"]
+    assert scene.IsNodePresent(first) and second is not first
+    assert first.GetName().endswith("(edited)") and first.GetAttribute("SegXAI.Role") != "segmentation"
+    liver_id = first.GetSegmentation().GetSegmentIdBySegmentName("liver")
+    kept = slicer.util.arrayFromSegmentBinaryLabelmap(first, liver_id, node)
+    assert kept[painted].all()  # the user's stroke survived
+    assert S.segxai_nodes(scene, node, role="segmentation") == [second]
+    # an unedited result is still replaced, and the edited one survives every later run
+    third = run(S, node, ct)["segmentation"]
+    assert not scene.IsNodePresent(second) and scene.IsNodePresent(first) and scene.IsNodePresent(third)
+
+
+def test_rerun_replaces_an_unedited_segmentation_after_a_save_and_load(S, tmp_path):
+    """The digest survives the .seg.nrrd round trip: a reloaded, untouched result is not taken for an edit."""
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    run(S, node, ct)
+    scene = S.load_scene(S.save_scene(tmp_path / "s.mrml"))
+    ct_back = scene.GetFirstNodeByName("CT")
+    old = S.segxai_nodes(scene, ct_back, role="segmentation")[0]
+    assert not S.is_edited(old, ct_back)
+    labels, maps = results(ct)
+    S.show_results(ct_back, labels, CLASSES, maps, {"model": "segxai-test"}, scene=scene)
+    assert not scene.IsNodePresent(old)
+
+
+def test_results_go_under_the_study_of_the_ct(S):
+    import slicer
+
+    scene = slicer.mrmlScene
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient A")
+    study = hierarchy.CreateStudyItem(patient, "CT abdomen")
+    ct_item = hierarchy.GetItemByDataNode(node)
+    if ct_item:
+        hierarchy.SetItemParent(ct_item, study)
+    else:  # slicer-core makes no item for a new node (Slicer's plugins would): file the CT as a user would
+        hierarchy.CreateItem(study, node)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+    out = run(S, node, ct)
+    for made in [out["segmentation"]] + out["maps"]:
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(made)) == study, made.GetName()
+
+
+def _bundled_card_metrics():
+    import json
+    from pathlib import Path
+
+    cards = sorted((Path(__file__).resolve().parents[1] / "Resources" / "Models").glob("*/card.json"))
+    if not cards:
+        pytest.skip("no bundled model card")
+    return [(json.loads(p.read_text()), p) for p in cards]
+
+
+def _never_found(metrics):
+    """Classes whose every measured Dice in the card is 0 (an oracle written apart from display.class_evidence)."""
+    found, measured = set(), set()
+    cases = list((metrics.get("training_cases_not_a_test") or {}).values())
+    for key in ("crossval", "crossval_previous_recipe"):
+        for fold in (metrics.get(key) or {}).get("folds", []):
+            cases += list(fold.get("results", {}).values())
+    for case in cases:
+        for name, scores in case.items():
+            measured.add(name)
+            if (scores.get("dice") or 0) > 0:
+                found.add(name)
+    return measured - found
+
+
+def test_classes_the_card_never_found_are_not_shown(S):
+    """Several organs get 0 mL on every patient: the card's metrics say so, and the scene leaves them out."""
+    from SegXAILib.models.card import ClassInfo
+
+    for card, path in _bundled_card_metrics():
+        classes = [ClassInfo(c["value"], c["name"], c["color"], c["terminology"]) for c in card["classes"]]
+        never = _never_found(card["metrics"])
+        assert {"spleen", "stomach", "gallbladder"} <= never, path  # the premise of the finding holds
+        ct = oblique_ct()
+        node = S.add_volume_node(ct, "CT")
+        labels = np.zeros(ct.shape, np.uint8)
+        for k, c in enumerate(classes[1:]):  # every class present, so only the card can hide one
+            labels[k % ct.shape[0], 2 * k: 2 * k + 2, :] = c.value
+        seg = S.show_results(node, ct.like(labels), classes, [], {"model": card["name"]},
+                             class_metrics=card["metrics"])["segmentation"]
+        segmentation = seg.GetSegmentation()
+        names = {segmentation.GetNthSegment(k).GetName() for k in range(segmentation.GetNumberOfSegments())}
+        assert names == {c["name"] for c in card["classes"][1:]} - never and "liver" in names
+        listed = seg.GetAttribute("SegXAI.Classes").split(", ")
+        assert listed == [c["name"] for c in card["classes"][1:]]  # provenance keeps the full class list
+        assert set(seg.GetAttribute("SegXAI.HiddenClasses").split(", ")) == never
+        assert "spleen" in seg.GetDescription()
+        # without a card's measurements nothing is hidden
+        seg = S.show_results(node, ct.like(labels), classes, [], {}, class_metrics=None)["segmentation"]
+        assert seg.GetSegmentation().GetNumberOfSegments() == len(classes) - 1
+
+
+def test_segments_display_as_outlines_and_show_3d_builds_surfaces(S):
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    labels, maps = results(ct)
+    seg = S.show_results(node, labels, CLASSES, maps, {}, show_3d=True)["segmentation"]
+    display = seg.GetDisplayNode()
+    assert display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert S.shape_of(seg) is not None and display.GetVisibility3D()
+    S.show_segmentation_3d(seg, False)
+    assert not display.GetVisibility3D()
+
+
+def test_map_names_legends_and_common_scale(S):
+    """Node names and legends say method, class, unit, region and layer; one method family shares a window."""
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    labels, maps = results(ct)
+    grad = maps[0][1].array
+    strong = ("gradcampp", ct.like(3.0 * grad), {"method": "gradcampp", "target_class": "liver"}, False)
+    out = S.show_results(node, labels, CLASSES, maps + [strong], {"model": "m"})
+    g, ig, pp = out["maps"]
+    assert g.GetName() == "CT SegXAI Grad-CAM (liver)" and ig.GetName() == "CT SegXAI Integrated Gradients (liver)"
+    title = S.legend_of(g).GetTitleText()
+    assert "Grad-CAM: liver" in title and "region predicted" in title and "layer model.2" in title
+    assert "Integrated Gradients: liver" in S.legend_of(ig).GetTitleText()
+    assert "layer model.2" in g.GetDescription() and "model m" in g.GetDescription()
+    # family scale: Grad-CAM and Grad-CAM++ share the top of the wider one (its own 99.5th percentile)
+    top = float(np.percentile((3.0 * grad)[grad > 0], 99.5))
+    assert g.GetDisplayNode().GetWindowLevelMax() == pytest.approx(top, rel=1e-5)
+    assert pp.GetDisplayNode().GetWindowLevelMax() == pytest.approx(top, rel=1e-5)
+    import slicer
+
+    assert np.allclose(slicer.util.arrayFromVolume(g), grad)  # the display scale never touches the raw values
+    own = S.show_results(node, labels, CLASSES, maps + [strong], {}, scale="map")["maps"][0]
+    assert own.GetDisplayNode().GetWindowLevelMax() == pytest.approx(float(np.percentile(grad[grad > 0], 99.5)), rel=1e-5)
+
+
+def test_output_segmentation_node_is_filled_not_replaced(S):
+    """The module's output-segmentation selector: segments go into the chosen node; a user's own node keeps its segments."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    ct = oblique_ct()
+    node = S.add_volume_node(ct, "CT")
+    users = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
+    users.GetSegmentation().AddEmptySegment("", "my lesion")
+    labels, maps = results(ct)
+    out = S.show_results(node, labels, CLASSES, maps, {}, segmentation_node=users)
+    assert out["segmentation"] is users
+    names = [users.GetSegmentation().GetNthSegment(k).GetName() for k in range(users.GetSegmentation().GetNumberOfSegments())]
+    assert names == ["my lesion", "liver", "spleen"]
+    again = S.show_results(node, labels, CLASSES, maps, {})
+    assert scene.IsNodePresent(users) and again["segmentation"] is not users

@@ -1,0 +1,75 @@
+"""Render the pictures in ``docs/`` from a scene that ``segxai scene`` wrote, with Slicer's own views.
+
+    segxai scene Resources/Samples/ct_totalseg_A.nii.gz -o OUT --methods gradcam ig lrp --steps 8
+    python Testing/render_docs.py OUT/ct_totalseg_A.mrml docs --size 420
+
+Writes ``render_gradcam_ct.png``, ``render_ig_ct.png``, ``render_lrp_ct.png``, ``render_segments_ct.png``,
+``render_3d.png`` and ``render_overview.png`` (CT alone | Grad-CAM | IG | outlines), and prints the mean
+RGB of each axial picture (the measure of issue 15's finding 6: a veil raises it far above the CT's).
+Needs trame-slicer (see ``Testing/render_views.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from render_views import Renderer, save_png, side_by_side  # noqa: E402
+
+
+def pictures(mrml, size: int = 420, offset=None) -> dict:
+    """{'ct', 'outlines', <method>...: axial (H, W, 3)} and '3d', from the scene at ``mrml``."""
+    from SegXAILib import scene as bridge
+
+    r = Renderer((size, size))
+    r.slice_view("Axial")
+    r.threed_view()
+    r.load(mrml)
+    maps = bridge.segxai_nodes(r.scene, None, role="map")
+    ct = r.scene.GetNodeByID(maps[0].GetNodeReferenceID(bridge.SOURCE_REFERENCE)) if maps else None
+    segs = bridge.segxai_nodes(r.scene, None, role="segmentation")
+    seg_display = segs[0].GetDisplayNode() if segs else None
+    out = {}
+
+    def axial(map_node, with_segments):
+        bridge.show_overlay(ct, map_node, bridge.DEFAULT_OPACITY, r.scene)
+        if seg_display is not None:
+            seg_display.SetVisibility(with_segments)
+        return r.render_slice("Axial", offset)
+
+    out["ct"] = axial(None, False)
+    for node in maps:
+        out[node.GetAttribute("SegXAI.Method")] = axial(node, True)
+    out["outlines"] = axial(None, True)
+    if segs:
+        bridge.show_segmentation_3d(segs[0], True)
+        seg_display.SetVisibility(True)
+    out["3d"] = r.render_3d()
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mrml")
+    parser.add_argument("out")
+    parser.add_argument("--size", type=int, default=420)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    pics = pictures(args.mrml, args.size)
+    for key, name in (("gradcam", "render_gradcam_ct"), ("ig", "render_ig_ct"), ("lrp", "render_lrp_ct"),
+                      ("outlines", "render_segments_ct"), ("3d", "render_3d")):
+        if key in pics:
+            save_png(pics[key], out / f"{name}.png")
+    row = [pics[k] for k in ("ct", "gradcam", "ig", "outlines") if k in pics]
+    save_png(side_by_side(*row), out / "render_overview.png")
+    for key, pixels in pics.items():
+        if key != "3d":
+            print(f"mean axial RGB {key:<9} {pixels.mean():6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
