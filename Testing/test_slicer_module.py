@@ -177,3 +177,12 @@ def test_apply_runs_the_background_child_and_shows_results_on_the_processed_volu
     assert seen["nodes_on_other"] == [] and seen["map_grid_matches"]
     assert seen["work_dir_left"] is False and seen["button"] == "Apply"
     assert seen["summary"].startswith("Grad-CAM explains") and len(seen["overlays"]) == 1
+
+
+def test_metrics_table_compares_this_volumes_result_with_the_reference_chosen_now(installed):
+    """Finding 7, end to end: the Dice in the panel's table equals numpy's Dice of the masks Slicer exports."""
+    seen = scenario(installed, "apply_end_to_end")
+    assert seen["errors_after_metrics"] == []
+    columns, rows = seen["metrics_table"]
+    assert "dice" in columns and rows == ["liver"]
+    assert seen["dice_table"] == pytest.approx(seen["dice_numpy"], abs=1e-3)

@@ -293,6 +293,30 @@ def scenario_apply_end_to_end(slicer, SegXAI, out):
     widget._parameterNode.inputVolume = volume
     out["summary"] = ui.runSummaryLabel.text
     out["overlays"] = [ui.overlayComboBox.itemText(i) for i in range(ui.overlayComboBox.count())]
+    # a reference segmentation chosen now: the metrics table compares it with this volume's own result
+    labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "reference labels")
+    reference_mask = np.zeros(hu.shape, np.uint8)
+    reference_mask[4:20, 8:32, 8:32] = 1
+    slicer.util.updateVolumeFromArray(labels, reference_mask)
+    labels.SetSpacing(3.0, 3.0, 3.0)
+    reference = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reference")
+    slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labels, reference)
+    segmentation = reference.GetSegmentation()
+    segmentation.GetSegment(segmentation.GetNthSegmentID(0)).SetName("liver")
+    ui.referenceSegmentationSelector.setCurrentNode(reference)
+    table = ui.metricsTableView.tableNode
+    out["metrics_table"] = None if table is None else [
+        [table.GetTable().GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())],
+        [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())]]
+    out["errors_after_metrics"] = errors[len(out["errors"]):]
+    if table is not None and segmentations:  # Dice by numpy on the masks Slicer exports, against the table's
+        seg = segmentations[0]
+        liver_id = seg.GetSegmentation().GetSegmentIdBySegmentName("liver")
+        predicted = slicer.util.arrayFromSegmentBinaryLabelmap(seg, liver_id, volume) > 0 if liver_id else np.zeros(hu.shape, bool)
+        truth = reference_mask > 0
+        out["dice_numpy"] = float(2 * (predicted & truth).sum() / (predicted.sum() + truth.sum()))
+        columns = out["metrics_table"][0]
+        out["dice_table"] = float(table.GetCellText(0, columns.index("dice")))
 
 
 INSTALLED_SCENARIOS = [scenario_apply_end_to_end]
