@@ -215,7 +215,7 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.populateModels(select=card.name)
 
     def onModelChanged(self, index=None) -> None:
-        if self.ui.modelComboBox.currentText == LOAD_MODEL_ITEM and self.ui.modelComboBox.count() > 1:
+        if self.ui.modelComboBox.currentText == LOAD_MODEL_ITEM and self.ui.modelComboBox.count > 1:  # PythonQt: count is a property
             qt.QTimer.singleShot(0, self.onLoadModel)  # after the combo box has closed
             return
         if self.ui.modelComboBox.currentText != LOAD_MODEL_ITEM:

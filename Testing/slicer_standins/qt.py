@@ -333,7 +333,8 @@ class QComboBox(QWidget):
         self._items = []
         self._set_current(-1)
 
-    def count(self):
+    @property
+    def count(self):  # a Q_PROPERTY: PythonQt hands back the number, so ``count()`` fails as it does in Slicer
         return len(self._items)
 
     def itemText(self, index):

@@ -80,8 +80,8 @@ def scenario_open_without_torch(slicer, SegXAI, out):
     widget = open_panel(slicer, SegXAI)
     ui = widget.ui
     out["torch_blocked"] = sys.modules.get("torch", "absent") is None
-    out["models"] = [ui.modelComboBox.itemText(i) for i in range(ui.modelComboBox.count())]
-    out["target_classes"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count())]
+    out["models"] = [ui.modelComboBox.itemText(i) for i in range(ui.modelComboBox.count)]
+    out["target_classes"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
     out["apply_enabled"] = bool(ui.applyButton.enabled)
     out["input_bound"] = widget._parameterNode.inputVolume is volume
     # device / region round trip through Slicer's real connector and serializer
@@ -126,7 +126,7 @@ def scenario_load_model_item(slicer, SegXAI, out, tmp):
     out["chosen_selected"] = ui.modelComboBox.currentText
     out["chosen_model"] = widget.selectedModel()
     out["chosen_folder"] = str(folder)
-    out["targets_after_load"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count())]
+    out["targets_after_load"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
 
 
 def scenario_results_go_to_processed_volume(slicer, SegXAI, out):
@@ -292,7 +292,7 @@ def scenario_apply_end_to_end(slicer, SegXAI, out):
     out["button"] = ui.applyButton.text
     widget._parameterNode.inputVolume = volume
     out["summary"] = ui.runSummaryLabel.text
-    out["overlays"] = [ui.overlayComboBox.itemText(i) for i in range(ui.overlayComboBox.count())]
+    out["overlays"] = [ui.overlayComboBox.itemText(i) for i in range(ui.overlayComboBox.count)]
     # a reference segmentation chosen now: the metrics table compares it with this volume's own result
     labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "reference labels")
     reference_mask = np.zeros(hu.shape, np.uint8)
