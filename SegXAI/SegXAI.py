@@ -386,7 +386,9 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
         from SegXAILib.process_tree import BackgroundJob
 
         self._installing = True
-        self._job = BackgroundJob(commands).start()
+        from SegXAILib.process_tree import child_environment
+
+        self._job = BackgroundJob(commands, env=child_environment()).start()
 
     def setupPythonRequirements(self) -> None:
         """Install what is missing and wait (for SegXAITest and scripts; the panel installs in the background)."""
@@ -465,7 +467,7 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
         command = slicer_run.child_command(process_tree.python_executable(), options, os.path.join(workDir, "out"))
         self.book.started(volumeNode.GetID())
         self._installing = False
-        self._job = BackgroundJob([command]).start()
+        self._job = BackgroundJob([command], env=process_tree.child_environment()).start()
 
     def poll(self) -> list:
         """Events since the last call: ('log', line), ('progress', (stage, fraction)), ('done', manifest),

@@ -33,6 +33,15 @@ def popen_options(platform: Optional[str] = None) -> dict:
     return {"start_new_session": True}
 
 
+def child_environment(base: Optional[dict] = None) -> dict:
+    """The environment for a Python child: UTF-8 output (a Windows console code page would otherwise garble
+    non-ASCII paths in its messages) and unbuffered lines, so progress arrives as it happens."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def start(command: list, env: Optional[dict] = None, cwd: Optional[str] = None) -> subprocess.Popen:
     """Start ``command`` with stdout and stderr merged into one binary pipe (decoded by :func:`read_lines`)."""
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

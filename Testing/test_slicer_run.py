@@ -389,3 +389,20 @@ def test_run_summary_names_target_region_and_layer_in_plain_words():
     assert text == ("Grad-CAM and Integrated gradients explain liver where the model finds liver (1,234 voxels); "
                     "layer model.1.submodule; model segxai-resunet-3mm on cpu.")
     assert module_logic.describe_run({"model": "m"}, []) == "Segmentation only (no explanation method chosen); model m."
+
+
+def test_child_writes_utf8_whatever_the_console_code_page(tmp_path):
+    """A child told PYTHONIOENCODING=cp1252 (a Windows console) still reports a non-ASCII path readably."""
+    import time
+
+    from SegXAILib.process_tree import BackgroundJob, child_environment
+
+    env = child_environment({**__import__("os").environ, "PYTHONIOENCODING": "cp1252"})
+    job = BackgroundJob([[sys.executable, "-c", "print('SEGXAI-ERROR no such file: /tmp/Ærø/ct.nii.gz')"]], env=env).start()
+    events = []
+    for _ in range(400):
+        events += job.poll()
+        if not job.running:
+            break
+        time.sleep(0.025)
+    assert slicer_run.parse_line(events[0][1]) == ("error", "no such file: /tmp/Ærø/ct.nii.gz")
