@@ -127,9 +127,10 @@ def explain_maps(volume, result, model, options: dict, progress=None, cancel=Non
         return []
     try:
         from . import explaining
-    except ImportError:
-        raise SegXAIError("this SegXAI installation cannot explain yet (SegXAILib.explaining is missing); "
-                          "run without --methods to get the segmentation only") from None
+    except ImportError as err:  # name what is missing: "explaining is missing" hid a Windows-only import once
+        missing = getattr(err, "name", None) or str(err)
+        raise SegXAIError(f"SegXAILib.explaining cannot be imported here ({missing} is missing: {err}); install it, "
+                          "or run without explanation methods to get the segmentation only") from None
     function = next((getattr(explaining, n) for n in ("explain_volume", "explain", "run_explanations") if hasattr(explaining, n)), None)
     if function is None:
         raise SegXAIError("SegXAILib.explaining has no explain function this front door knows")

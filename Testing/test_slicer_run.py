@@ -406,3 +406,15 @@ def test_child_writes_utf8_whatever_the_console_code_page(tmp_path):
             break
         time.sleep(0.025)
     assert slicer_run.parse_line(events[0][1]) == ("error", "no such file: /tmp/Ærø/ct.nii.gz")
+
+
+def test_explain_step_names_the_module_that_is_missing(monkeypatch):
+    """An ImportError inside explaining (once: ``resource`` on Windows) must name the missing module."""
+    for name in [m for m in sys.modules if m == "SegXAILib.explaining"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "SegXAILib.explainers", None)  # explaining imports its explainers
+    import SegXAILib
+
+    monkeypatch.delattr(SegXAILib, "explaining", raising=False)
+    with pytest.raises(SegXAIError, match=r"SegXAILib\.explainers is missing"):
+        slicer_run.explain_maps(None, None, None, {"methods": ["gradcam"]})
