@@ -20,8 +20,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from render_views import Renderer, save_png, side_by_side  # noqa: E402
 
 
+def liver_offset(renderer, segmentation_node, ct_node, name: str = "liver"):
+    """The axial offset (S, mm) through the middle of a segment, or None when there is no such segment."""
+    import numpy as np
+    import slicer.util
+
+    from SegXAILib import scene as bridge
+
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(name)
+    if not segment_id:
+        return None
+    mask = np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, ct_node))
+    if not mask.any():
+        return None
+    k = float(np.nonzero(mask)[0].mean())
+    j, i = (np.array(mask.shape[1:]) - 1) / 2
+    return float((bridge.ijk_to_ras(ct_node) @ np.array([i, j, k, 1.0]))[2])
+
+
 def pictures(mrml, size: int = 420, offset=None) -> dict:
-    """{'ct', 'outlines', <method>...: axial (H, W, 3)} and '3d', from the scene at ``mrml``."""
+    """{'ct', 'outlines', <method>...: axial (H, W, 3)} and '3d', from the scene at ``mrml``.
+
+    The axial slice is at ``offset`` mm, by default through the middle of the liver segment.
+    """
     from SegXAILib import scene as bridge
 
     r = Renderer((size, size))
@@ -32,6 +54,8 @@ def pictures(mrml, size: int = 420, offset=None) -> dict:
     ct = r.scene.GetNodeByID(maps[0].GetNodeReferenceID(bridge.SOURCE_REFERENCE)) if maps else None
     segs = bridge.segxai_nodes(r.scene, None, role="segmentation")
     seg_display = segs[0].GetDisplayNode() if segs else None
+    if offset is None and segs:
+        offset = liver_offset(r, segs[0], ct)
     out = {}
 
     def axial(map_node, with_segments):
