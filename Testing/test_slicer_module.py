@@ -173,7 +173,7 @@ def test_apply_runs_the_background_child_and_shows_results_on_the_processed_volu
     on the volume processed although another one got selected meanwhile; the job's folder is gone."""
     seen = scenario(installed, "apply_end_to_end")
     assert seen["prompts"] == [] and seen["started"] and seen["errors"] == []
-    assert seen["segmentations_on_processed"] and seen["maps_on_processed"] == ["gradcam"]
+    assert seen["maps_on_processed"] == ["gradcam"]
     assert seen["nodes_on_other"] == [] and seen["map_grid_matches"]
     assert seen["work_dir_left"] is False and seen["button"] == "Apply"
     assert seen["summary"].startswith("Grad-CAM explains") and len(seen["overlays"]) == 1
@@ -186,3 +186,9 @@ def test_metrics_table_compares_this_volumes_result_with_the_reference_chosen_no
     columns, rows = seen["metrics_table"]
     assert "dice" in columns and rows == ["liver"]
     assert seen["dice_table"] == pytest.approx(seen["dice_numpy"], abs=1e-3)
+
+
+def test_output_segmentation_selector_receives_the_segments(installed):
+    """The segmentation chosen under "Output segmentation" is where the run writes its segments (no second one)."""
+    seen = scenario(installed, "apply_end_to_end")
+    assert "liver" in seen["segments_in_chosen_output"] and seen["other_segmentations"] == []

@@ -264,6 +264,8 @@ def scenario_apply_end_to_end(slicer, SegXAI, out):
     ui, logic = widget.ui, widget.logic
     widget._parameterNode.inputVolume = volume
     widget._parameterNode.device = "cpu"
+    mine = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
+    widget._parameterNode.outputSegmentation = mine  # "Output segmentation": write the segments here
     prompts = []
     slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: prompts.append(text) or False
     errors = []
@@ -281,9 +283,11 @@ def scenario_apply_end_to_end(slicer, SegXAI, out):
     out["errors"] = errors
     from SegXAILib import scene
 
-    segmentations = scene.segxai_nodes(slicer.mrmlScene, volume, role="segmentation")
+    names = mine.GetSegmentation()
+    out["segments_in_chosen_output"] = [names.GetNthSegment(k).GetName() for k in range(names.GetNumberOfSegments())]
+    out["other_segmentations"] = [n.GetName() for n in scene.segxai_nodes(slicer.mrmlScene, volume, role="segmentation")
+                                  if n is not mine]
     maps = scene.segxai_nodes(slicer.mrmlScene, volume, role="map")
-    out["segmentations_on_processed"] = [n.GetName() for n in segmentations]
     out["maps_on_processed"] = [n.GetAttribute("SegXAI.Method") for n in maps]
     out["nodes_on_other"] = [n.GetName() for n in scene.segxai_nodes(slicer.mrmlScene, other)]
     out["map_grid_matches"] = bool(maps) and maps[0].GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
@@ -309,8 +313,8 @@ def scenario_apply_end_to_end(slicer, SegXAI, out):
         [table.GetTable().GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())],
         [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())]]
     out["errors_after_metrics"] = errors[len(out["errors"]):]
-    if table is not None and segmentations:  # Dice by numpy on the masks Slicer exports, against the table's
-        seg = segmentations[0]
+    if table is not None:  # Dice by numpy on the masks Slicer exports, against the table's
+        seg = mine
         liver_id = seg.GetSegmentation().GetSegmentIdBySegmentName("liver")
         predicted = slicer.util.arrayFromSegmentBinaryLabelmap(seg, liver_id, volume) > 0 if liver_id else np.zeros(hu.shape, bool)
         truth = reference_mask > 0
