@@ -81,15 +81,10 @@ def run(args) -> int:
 
 def card_metrics(model) -> dict:
     """The ``metrics`` of the model card (what it measured, per class), {} when the card has none."""
-    import json
-
+    from .display import card_metrics as read_metrics
     from .models.store import resolve_model_folder
 
-    try:
-        card = json.loads((resolve_model_folder(model) / "card.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return card.get("metrics") or {}
+    return read_metrics(resolve_model_folder(model) / "card.json")
 
 
 def _progress():

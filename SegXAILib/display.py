@@ -283,3 +283,19 @@ def hidden_classes(classes: list, metrics: Optional[dict]) -> list:
     """Names of the foreground classes :func:`shown_classes` leaves out (for provenance and messages)."""
     shown = {c.name for c in shown_classes(classes, metrics)}
     return [c.name for c in classes if c.value != 0 and c.name not in shown]
+
+
+def card_metrics(card_path) -> dict:
+    """The ``metrics`` of a model card file (what it measured per class; {} when absent or unreadable).
+
+    Reads the JSON only, so Slicer's module can decide which classes to show without importing torch.
+    """
+    import json
+    from pathlib import Path
+
+    try:
+        card = json.loads(Path(card_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    metrics = card.get("metrics") if isinstance(card, dict) else None
+    return metrics if isinstance(metrics, dict) else {}

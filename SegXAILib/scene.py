@@ -41,7 +41,7 @@ def require_slicer() -> None:
         import slicer  # noqa: F401
         import vtk  # noqa: F401
     except ImportError:
-        raise SegXAIError("this needs 3D Slicer or slicer-core: pip install slicer-core vtk==9.6.2") from None
+        raise SegXAIError("this needs 3D Slicer or slicer-core: pip install slicer-core==5.11.0.6 vtk==9.6.0") from None
 
 
 def in_slicer_app() -> bool:

@@ -23,20 +23,29 @@ from render_views import Renderer, save_png, side_by_side  # noqa: E402
 def liver_offset(renderer, segmentation_node, ct_node, name: str = "liver"):
     """The axial offset (S, mm) through the middle of a segment, or None when there is no such segment."""
     import numpy as np
-    import slicer.util
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
 
-    from SegXAILib import scene as bridge
-
-    segmentation = segmentation_node.GetSegmentation()
-    segment_id = segmentation.GetSegmentIdBySegmentName(name)
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
     if not segment_id:
         return None
-    mask = np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, ct_node))
+    image = slicer.vtkOrientedImageData()
+    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, image)  # this segment alone, 0/1
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        return None
+    w, h, d = image.GetDimensions()
+    mask = numpy_support.vtk_to_numpy(scalars).reshape(d, h, w)
     if not mask.any():
         return None
     k = float(np.nonzero(mask)[0].mean())
-    j, i = (np.array(mask.shape[1:]) - 1) / 2
-    return float((bridge.ijk_to_ras(ct_node) @ np.array([i, j, k, 1.0]))[2])
+    extent = image.GetExtent()
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    to_world = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    i, j = extent[0] + (w - 1) / 2, extent[2] + (h - 1) / 2
+    return float((to_world @ np.array([i, j, extent[4] + k, 1.0]))[2])
 
 
 def pictures(mrml, size: int = 420, offset=None) -> dict:

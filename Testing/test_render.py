@@ -86,6 +86,20 @@ def test_shown_classes_follow_the_card_measurements():
     assert [c.name for c in look.shown_classes(classes, None)] == ["liver", "spleen", "cyst"]
 
 
+def test_card_metrics_read_from_the_bundled_cards_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    cards = sorted((ROOT / "Resources" / "Models").glob("*/card.json"))
+    if not cards:
+        pytest.skip("no bundled model card")
+    code = ("import sys; sys.modules['torch'] = None; from SegXAILib.display import card_metrics; "
+            f"m = card_metrics({str(cards[0])!r}); assert 'training_cases_not_a_test' in m, list(m)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    (tmp_path / "bad.json").write_text("{not json")
+    assert look.card_metrics(tmp_path / "bad.json") == {} and look.card_metrics(tmp_path / "none.json") == {}
+
+
 # ---- the rendered scene -----------------------------------------------------------------------------
 BOX_A = (slice(None), slice(22, 38), slice(18, 34))   # large map values, inside the liver
 BOX_B = (slice(None), slice(4, 12), slice(54, 66))    # negative IG, outside every segment (away from the legend)

@@ -264,6 +264,9 @@ def test_cli_scene_on_real_ct(S, tmp_path, capsys):
     segmentation = seg.GetSegmentation()
     liver = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("liver"))
     assert S.segment_snomed_code(liver) == "10200004"
+    # the bundled cards find spleen on no patient: the scene leaves it out and says so
+    assert not segmentation.GetSegmentIdBySegmentName("spleen") and "spleen" in seg.GetAttribute("SegXAI.HiddenClasses")
+    assert seg.GetDisplayNode().GetVisibility2DOutline() and not seg.GetDisplayNode().GetVisibility2DFill()
     maps = S.segxai_nodes(scene, ct_node, role="map")
     if not explaining:
         assert maps == []
