@@ -65,7 +65,7 @@ def as_input(array):
 
 def test_occlusion_equals_captum_occlusion_on_the_single_graph():
     net, (image, region, base) = bn_net(), problem()
-    ours, totals = explain_tiled(Occlusion(patch_voxels=3, stride=2, within_mm=None), net, image, CLASS, region, PATCH,
+    ours, totals = explain_tiled(Occlusion(patch_voxels=3, stride=2, within_mm=None, batch=16), net, image, CLASS, region, PATCH,
                                  OVERLAP, baseline=base)
     f = blended_score(net, region)
     # overlapping 3-voxel patches at stride 2; 14 - 3 is odd, so captum's last patch is cut at the edge
@@ -129,14 +129,12 @@ class Counting(nn.Module):
         return self.net(x)
 
 
-def test_only_overlapping_target_windows_are_rescored():
-    """The windows each patch invalidates, counted from MONAI's own window coordinates and captum's own patches."""
+def planned_window_forwards(image, region, fill, size, stride):
+    """(window forwards needed, patches, MONAI's windows): each target window once, plus every (patch, target
+    window) pair that overlaps where the fill differs from the image; patches as captum builds them, windows
+    from MONAI's own coordinates."""
     from monai.inferers import sliding_window_inference
 
-    net, (image, region, base) = bn_net(), problem()
-    counting = Counting(net)
-    _, totals = explain_tiled(Occlusion(patch_voxels=4, stride=3, within_mm=None, batch=5), counting, image, CLASS, region,
-                              PATCH, OVERLAP, baseline=base)
     coords = []
     sliding_window_inference(torch.from_numpy(image)[None, None], PATCH, 10_000,
                              lambda w, where: (coords.extend(where), w)[1], OVERLAP, mode="gaussian", with_coord=True)
@@ -148,15 +146,43 @@ def test_only_overlapping_target_windows_are_rescored():
         patches.extend(x[:, 0] == 0)
         return torch.zeros(x.shape[0])
 
-    captum_attr.Occlusion(record).attribute(torch.ones((1, 1) + SHAPE), sliding_window_shapes=(1, 4, 4, 4),
-                                            strides=(1, 3, 3, 3), baselines=0.0, perturbations_per_eval=1)
-    patches = patches[1:]  # the first call is captum's unperturbed evaluation
-    expected = len(target) + sum(bool(p[w].any()) for p in patches for w in target)
+    captum_attr.Occlusion(record).attribute(torch.ones((1, 1) + SHAPE), sliding_window_shapes=(1,) + (size,) * 3,
+                                            strides=(1,) + (stride,) * 3, baselines=0.0, perturbations_per_eval=1)
+    patches = [p.numpy() for p in patches[1:]]  # the first call is captum's unperturbed evaluation
+    changed = [p for p in patches if (image[p] != fill[p]).any()]
+    return len(target) + sum(bool(p[w].any()) for p in changed for w in target), patches, windows, len(target)
+
+
+def test_only_overlapping_target_windows_are_rescored():
+    """The windows each patch invalidates, counted from MONAI's own window coordinates and captum's own patches."""
+    net, (image, region, base) = bn_net(), problem()
+    counting = Counting(net)
+    _, totals = explain_tiled(Occlusion(patch_voxels=4, stride=3, within_mm=None, batch=5), counting, image, CLASS, region,
+                              PATCH, OVERLAP, baseline=base)
+    expected, patches, windows, target = planned_window_forwards(image, region, base, 4, 3)
     full = (len(patches) + 1) * len(windows)  # what re-scoring every window for every patch costs
     assert totals["window_evaluations"] == counting.windows == expected
-    assert totals["forward_passes"] == counting.calls == -(-len(target) // 5) + -(-(expected - len(target)) // 5)
+    assert totals["forward_passes"] == counting.calls == -(-target // 5) + -(-(expected - target) // 5)
     assert totals["full_rescoring_window_evaluations"] == full and expected < 0.6 * full
     assert totals["features"] == len(patches)
+
+
+def test_patches_the_fill_leaves_unchanged_cost_nothing_and_score_zero():
+    """A constant fill equal to the image over a slab (air filled with 0): those patches need no forward, and
+    the map still equals captum's, which re-scores them."""
+    net, (image, region, _) = bn_net(), problem()
+    image = image.copy()
+    image[:, :, :5] = 0.0
+    counting = Counting(net)
+    ours, totals = explain_tiled(Occlusion(patch_voxels=4, stride=3, within_mm=None, fill="value", value=0.0), counting,
+                                 image, CLASS, region, PATCH, OVERLAP)
+    expected, patches, windows, _ = planned_window_forwards(image, region, np.zeros(SHAPE, np.float32), 4, 3)
+    unskipped, *_ = planned_window_forwards(image, region, np.full(SHAPE, -1.0, np.float32), 4, 3)
+    assert counting.windows == totals["window_evaluations"] == expected < unskipped
+    oracle = captum_attr.Occlusion(blended_score(net, region)).attribute(
+        as_input(image), sliding_window_shapes=(1, 4, 4, 4), strides=(1, 3, 3, 3), baselines=0.0,
+        perturbations_per_eval=32)[0, 0].numpy()
+    np.testing.assert_allclose(ours, oracle, rtol=1e-4, atol=1e-5 * np.abs(oracle).max())
 
 
 def test_one_voxel_occlusion_recovers_an_additive_models_true_attribution():
@@ -164,7 +190,7 @@ def test_one_voxel_occlusion_recovers_an_additive_models_true_attribution():
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv3d(1, 4, 1), nn.Tanh(), nn.Conv3d(4, 3, 1)).eval()
     image, region, base = problem()
-    ours, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=None), net, image, CLASS, region, PATCH, OVERLAP, baseline=base)
+    ours, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=None, batch=16), net, image, CLASS, region, PATCH, OVERLAP, baseline=base)
     with torch.no_grad():
         def h(a):  # the net on the whole volume at once: no windows, no blend
             return net(torch.from_numpy(a)[None, None])[0, CLASS].numpy()
@@ -181,7 +207,7 @@ def test_one_voxel_occlusion_of_a_linear_conv_net_is_gradient_times_difference()
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.Conv3d(3, 3, 3, padding=1)).eval()
     image, region, base = problem()
-    ours, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=None), net, image, CLASS, region, PATCH, OVERLAP, baseline=base)
+    ours, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=None, batch=16), net, image, CLASS, region, PATCH, OVERLAP, baseline=base)
     x = torch.from_numpy(image)[None, None].double().requires_grad_(True)
     y = sliding_window_inference(x, PATCH, 10_000, copy.deepcopy(net).double(), OVERLAP, mode="gaussian")
     (grad,) = torch.autograd.grad((y[0, CLASS] * torch.from_numpy(region)).sum(), x)
@@ -195,9 +221,9 @@ def test_within_limits_the_occluded_area_to_the_targets_box_plus_margin():
     net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv3d(4, 4, 3, padding=1), nn.Tanh(),
                         nn.Conv3d(4, 3, 1)).eval()
     image, region, base = problem()
-    whole, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=None), net, image, CLASS, region, PATCH, OVERLAP, baseline=base)
+    whole, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=None, batch=16), net, image, CLASS, region, PATCH, OVERLAP, baseline=base)
     # spacing given as i, j, k = 2, 4, 4 mm: a 4 mm margin is 2 voxels along i, 1 along j and k
-    near, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=4.0, spacing=(2.0, 4.0, 4.0)), net, image, CLASS, region,
+    near, _ = explain_tiled(Occlusion(patch_voxels=1, within_mm=4.0, spacing=(2.0, 4.0, 4.0), batch=16), net, image, CLASS, region,
                             PATCH, OVERLAP, baseline=base)
     box = np.zeros(SHAPE, dtype=bool)
     box[1:10, 2:12, 0:9] = True  # [2:9, 3:11, 1:7] grown by (1, 1, 2), clipped to the volume
@@ -238,3 +264,27 @@ def test_baseline_fill_without_a_baseline_is_an_error():
     net, (image, region, _) = bn_net(), problem()
     with pytest.raises(SegXAIError, match="needs a baseline"):
         explain_tiled(Occlusion(within_mm=None), net, image, CLASS, region, PATCH, OVERLAP)
+
+
+def test_progress_reaches_one_and_cancel_stops_the_forwards():
+    from SegXAILib.inference import Cancelled, CancelToken
+
+    net, (image, region, base) = bn_net(), problem()
+    seen = []
+    explain_tiled(Occlusion(patch_voxels=4, within_mm=None), net, image, CLASS, region, PATCH, OVERLAP, baseline=base,
+                  progress=lambda stage, f: seen.append((stage, f)), stage="occlusion")
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 10
+    assert {s for s, _ in seen} == {"occlusion"}
+    token, counting = CancelToken(), Counting(net)
+
+    def cancel_at_half(stage, f):
+        if f >= 0.5:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        explain_tiled(Occlusion(patch_voxels=4, within_mm=None), counting, image, CLASS, region, PATCH, OVERLAP,
+                      baseline=base, progress=cancel_at_half, cancel=token)
+    _, totals = explain_tiled(Occlusion(patch_voxels=4, within_mm=None), net, image, CLASS, region, PATCH, OVERLAP,
+                              baseline=base)
+    assert counting.windows < 0.6 * totals["window_evaluations"]

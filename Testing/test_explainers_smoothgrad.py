@@ -107,3 +107,18 @@ def test_bad_options_are_one_line_errors(kwargs, needle):
         SmoothGrad(IntegratedGradients(), **kwargs)
     with pytest.raises(SegXAIError, match="needs an explainer"):
         SmoothGrad("ig")
+
+
+def test_each_sample_reports_progress_under_its_own_stage_and_cancel_stops():
+    from SegXAILib.inference import Cancelled, CancelToken
+
+    net, (image, region, base) = bn_net(), problem()
+    seen = []
+    explain_tiled(SmoothGrad(IntegratedGradients(steps=2), samples=3), net, image, CLASS, region, PATCH, OVERLAP,
+                  baseline=base, progress=lambda stage, f: seen.append(stage), stage="smoothgrad")
+    assert sorted(set(seen)) == [f"smoothgrad: sample {n}/3" for n in (1, 2, 3)]
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        explain_tiled(SmoothGrad(IntegratedGradients(steps=2), samples=3), net, image, CLASS, region, PATCH, OVERLAP,
+                      baseline=base, cancel=token)

@@ -9,7 +9,8 @@ captum places them: lo, lo + stride, … until the box is covered, the last one 
 Cost: filling a feature changes only the windows that overlap it, and only windows holding target voxels count
 in F, so only those are re-run; each window's unoccluded target contribution is cached, and several occluded
 windows go through the network in one forward. ``within_mm`` limits the occluded area to the target's bounding
-box plus a margin (voxels outside it get 0): every patch costs up to 2³ window forwards wherever it lies.
+box plus a margin (voxels outside it get 0): a patch costs one window forward per target window it overlaps,
+wherever it lies.
 """
 from __future__ import annotations
 
@@ -158,23 +159,33 @@ class Occlusion(Explainer):
         return tiles.baseline
 
     # -- the whole tiled volume --------------------------------------------------------------------------------
+    def plan(self, tiles: Tiles):
+        """(features, target windows, jobs): a job is one (window, feature) pair whose occlusion changes F."""
+        features = self.features(tiles)
+        windows = [n for n in range(len(tiles)) if tiles.has_target(n)]
+        lo = np.array([[s.start for s in box] for box, _ in features]).reshape(-1, 3)
+        hi = np.array([[s.stop for s in box] for box, _ in features]).reshape(-1, 3)
+        fill = self.fill_image(tiles)
+        # a feature whose fill equals the image there (air filled with 0, say) leaves F exactly as it is
+        changes = np.array([not np.array_equal(tiles.image[box] if mask is None else tiles.image[box][mask],
+                                               fill[box] if mask is None else fill[box][mask]) for box, mask in features])
+        jobs = []
+        for n in windows:
+            w_lo = np.array(tiles.starts[n])
+            overlapping = np.all((lo < w_lo + tiles.patch) & (hi > w_lo), axis=1) & changes.reshape(-1)
+            for f in np.nonzero(overlapping)[0]:
+                if features[f][1] is None or self._local(features[f], tiles.starts[n], tiles.patch)[1].any():
+                    jobs.append((n, int(f)))
+        return features, windows, jobs
+
     def explain_tiles(self, tiles: Tiles):
         """Map on the padded grid (float32) and totals: F(x), forward passes and window evaluations made."""
         if not tiles.region.any():
             return np.zeros(tiles.shape, dtype=np.float32), {"score": 0.0, "forward_passes": 0, "window_evaluations": 0}
-        features = self.features(tiles)
-        windows = [n for n in range(len(tiles)) if tiles.has_target(n)]
+        fill = torch.from_numpy(np.ascontiguousarray(self.fill_image(tiles), dtype=np.float32)).to(tiles.device)
+        features, windows, jobs = self.plan(tiles)
         per_forward = self.batch or (8 if tiles.device.type == "cuda" else 1)
         image = torch.from_numpy(np.ascontiguousarray(tiles.image, dtype=np.float32)).to(tiles.device)
-        fill = torch.from_numpy(np.ascontiguousarray(self.fill_image(tiles), dtype=np.float32)).to(tiles.device)
-        lo = np.array([[s.start for s in box] for box, _ in features]).reshape(-1, 3)
-        hi = np.array([[s.stop for s in box] for box, _ in features]).reshape(-1, 3)
-        jobs = []  # (window, feature): every occluded window that changes F
-        for n in windows:
-            w_lo = np.array(tiles.starts[n])
-            for f in np.nonzero(np.all((lo < w_lo + tiles.patch) & (hi > w_lo), axis=1))[0]:
-                if features[f][1] is None or self._local(features[f], tiles.starts[n], tiles.patch)[1].any():
-                    jobs.append((n, int(f)))
         total = len(windows) + len(jobs)
         counts = {"forward_passes": 0, "window_evaluations": 0}
         # each target window's weights and unoccluded class logits at its target voxels

@@ -1,8 +1,8 @@
 """SmoothGrad (Smilkov et al. 2017) around any method: the mean of its maps over noisy copies of the image.
 
 map = 1/N Σ_n inner(x + ε_n), ε_n ~ N(0, σ²) i.i.d. per voxel, σ = ``sigma`` × (max − min of the image on the
-model grid): ``sigma`` is a fraction of the image's value range, as in the paper (15 % by default; their range
-was 10–20 %). The noise lies only inside the volume (not in the sliding window's padding) and is drawn from a
+model grid): ``sigma`` is a fraction of the image's value range, as in the paper (15 % by default; the
+paper found 10–20 % to work best). The noise lies only inside the volume (not in the sliding window's padding) and is drawn from a
 torch generator seeded with ``seed``, one volume-shaped draw per sample — the draws captum's ``NoiseTunnel``
 makes with ``nt_samples_batch_size=1`` after ``torch.manual_seed(seed)``. The baseline (for IG) stays clean,
 as in captum. Each sample is the inner method's whole-volume map (``explain_padded``), so a CAM inner is
