@@ -19,6 +19,11 @@ LABELS = {
     "deletion_auc_normalised": ("Deletion AUC (normalised)", "lower is better: 0 = the prediction is gone at once, 1 = it never drops"),
     "insertion_auc_normalised": ("Insertion AUC (normalised)", "higher is better: 1 = the prediction is back at once, 0 = never"),
     "dynamic_range": ("Score range of the deletion test", "informative: the prediction with the voxels present minus with all removed; near 0 makes the AUCs meaningless"),
+    "score_removed": ("Score with the region removed", "near 0 is good: the removal baseline really takes the information away (else the deletion curves say little)"),
+    "road_score_removed": ("ROAD score with the region imputed", "near 0 is good: the imputation really takes the information away"),
+    "road_morf_auc": ("ROAD, most relevant first (AUC)", "lower is better: imputing the most relevant voxels first (noisy linear imputation) lowers the prediction fast"),
+    "road_lerf_auc": ("ROAD, least relevant first (AUC)", "higher is better: imputing the least relevant voxels first barely changes the prediction"),
+    "road_dynamic_range": ("ROAD score range", "larger is better: the prediction with nothing imputed minus with the whole region imputed; near 0 the ROAD curves say nothing"),
     "morf_auc": ("ROAD, most relevant first (AUC)", "lower is better: removing the most relevant voxels (noisy linear imputation) lowers the prediction fast"),
     "lerf_auc": ("ROAD, least relevant first (AUC)", "higher is better: removing the least relevant voxels first barely changes the prediction"),
     "faithfulness_correlation": ("Faithfulness correlation", "higher is better: removing voxels with more relevance lowers the prediction more (−1 to 1)"),
@@ -34,12 +39,20 @@ LABELS = {
 
 #: keys that describe a run rather than score it (curves, counts, settings): not shown as scores
 NOT_SCORES = ("fractions", "deletion", "insertion", "totals", "seconds", "morf", "lerf", "morf_fractions",
-              "lerf_fractions", "steps", "layers", "runs", "subset_units", "voxels", "score_original", "score_removed",
-              "mask_fraction", "pointing_game_tolerance_mm", "localisation_against")
+              "lerf_fractions", "steps", "layers", "runs", "subset_units", "voxels", "score_original",
+              "mask_fraction", "pointing_game_tolerance_mm", "localisation_against",
+              "body_score_original", "curve_fractions", "body_curve_fractions", "road_fractions")
+#: a key with this prefix is the same score measured over the whole body instead of the target region
+BODY_PREFIX = "body_"
 
 
 def _label(key: str):
-    return LABELS.get(key) or LABELS.get(key.rsplit(".", 1)[-1])
+    leaf = key.rsplit(".", 1)[-1]
+    found = LABELS.get(key) or LABELS.get(leaf)
+    if found is None and leaf.startswith(BODY_PREFIX) and leaf[len(BODY_PREFIX):] in LABELS:
+        name, good = LABELS[leaf[len(BODY_PREFIX):]]
+        return f"{name}, whole body", good.replace("the explained region", "the body")
+    return found
 
 
 def plain_name(key: str) -> str:

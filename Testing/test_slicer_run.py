@@ -121,8 +121,8 @@ def test_scores_rows_flatten_nested_deletion_insertion_with_plain_names():
     curves = quality.deletion_insertion(lambda x: float(np.abs(x)[region].mean()), image, np.zeros_like(image), saliency, 10)
     scores = {"energy_inside": quality.energy_inside(saliency, region), "pointing_game": quality.pointing_game(saliency, region),
               "curves": curves}
-    result = MethodResult("ig", Volume(saliency, np.eye(4)), saliency, {"steps": 8}, 0.1,
-                          {"totals": {"score": 1.0}, "completeness_error": 0.02}, scores)
+    result = MethodResult(method="ig", map=Volume(saliency, np.eye(4)), model_map=saliency, params={"steps": 8},
+                          seconds=0.1, checks={"totals": {"score": 1.0}, "completeness_error": 0.02}, quality=scores)
     (row,) = slicer_run.scores_rows(slicer_run.normalise_maps([result]))
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy's own integral, not quality.auc
     assert row["Deletion AUC"] == pytest.approx(trapezoid(curves["deletion"], curves["fractions"]))
@@ -418,3 +418,20 @@ def test_explain_step_names_the_module_that_is_missing(monkeypatch):
     monkeypatch.delattr(SegXAILib, "explaining", raising=False)
     with pytest.raises(SegXAIError, match=r"SegXAILib\.explainers is missing"):
         slicer_run.explain_maps(None, None, None, {"methods": ["gradcam"]})
+
+
+def test_every_score_the_quality_module_reports_has_a_plain_name():
+    """quality.SCORES lists the keys evaluate_map reports; each number among them gets a plain column name and a
+    line on what is good (context values, settings and curves are not score columns)."""
+    from SegXAILib import quality, score_labels
+
+    not_scores = ("context", "setting", "x axis", "falls fast", "rises fast", "stays high", "reference when")
+    keys = [k for k, (_, good) in quality.SCORES.items() if not good.startswith(not_scores)]
+    assert "deletion_auc" in keys and "road_morf_auc" in keys
+    unnamed = [k for k in keys if score_labels._label(k) is None]
+    assert not unnamed, f"scores without a plain name in score_labels.LABELS: {unnamed}"
+    assert all(score_labels.what_is_good(k) for k in keys)
+    assert score_labels.plain_name("body_deletion_auc") == "Deletion AUC, whole body"
+    hidden = [k for k, (_, good) in quality.SCORES.items() if good.startswith(("context", "setting", "x axis"))]
+    row = score_labels.flatten_scores({"scores": {k: 0.5 for k in hidden}})
+    assert row == {}, f"context values shown as scores: {sorted(row)}"
