@@ -192,3 +192,12 @@ def test_output_segmentation_selector_receives_the_segments(installed):
     """The segmentation chosen under "Output segmentation" is where the run writes its segments (no second one)."""
     seen = scenario(installed, "apply_end_to_end")
     assert "liver" in seen["segments_in_chosen_output"] and seen["other_segmentations"] == []
+
+
+def test_dependency_installation_runs_in_the_background(record):
+    """Apply starts the installation and returns at once (the GUI keeps running); its output and end show up."""
+    seen = scenario(record, "background_install")
+    assert seen["apply_returned_before_install_ended"]
+    assert seen["button_during_install"] == "Cancel" and "installing" in seen["status_during_install"]
+    assert seen["log"] == "Collecting monai"
+    assert "installed" in seen["status_after_install"] and seen["button_after_install"] == "Apply"

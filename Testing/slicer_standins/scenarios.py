@@ -325,7 +325,33 @@ def scenario_apply_end_to_end(slicer, SegXAI, out):
 
 INSTALLED_SCENARIOS = [scenario_apply_end_to_end]
 
-SCENARIOS = [scenario_pytorch_utils, scenario_sample_data, scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
+def scenario_background_install(slicer, SegXAI, out):
+    """Apply with something missing and the user saying yes: the installation runs in the background (Apply
+    returns at once, the button offers Cancel), and its end is reported in the panel."""
+    import time
+
+    slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    widget = open_panel(slicer, SegXAI)
+    ui, logic = widget.ui, widget.logic
+    marker = Path(sys.argv[1]).parent / "install-finished"
+    slow_install = [sys.executable, "-c", f"import time; print('Collecting monai', flush=True); time.sleep(1); open({str(marker)!r}, 'w')"]
+    logic.installPlan = lambda: ([slow_install], "SegXAI needs the Python packages monai>=1.3. Install now?")
+    slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: True
+    ui.applyButton.click()
+    out["apply_returned_before_install_ended"] = not marker.exists()
+    out["button_during_install"] = ui.applyButton.text
+    out["status_during_install"] = ui.statusLabel.text
+    deadline = time.time() + 60
+    while logic.busy and time.time() < deadline:
+        widget.onPoll()
+        time.sleep(0.05)
+    widget.onPoll()
+    out["status_after_install"] = ui.statusLabel.text
+    out["log"] = ui.logTextEdit.toPlainText()
+    out["button_after_install"] = ui.applyButton.text
+
+
+SCENARIOS = [scenario_background_install, scenario_pytorch_utils, scenario_sample_data, scenario_connectors, scenario_open_without_torch, scenario_load_model_item,
              scenario_results_go_to_processed_volume, scenario_cancel_and_log]
 
 
