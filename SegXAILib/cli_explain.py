@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .explainers import METHODS
 from .explainers.ig import BASELINES
+from .explainers.lrp import RULES as LRP_RULES
+from .quality import DEFAULT_GROUPS, GROUPS
 from .volume import refuse_overwrite, stem as file_stem, write_json_atomic, write_volume
 
 
@@ -16,20 +18,34 @@ def register(subparsers) -> argparse.ArgumentParser:
                               description="Segment INPUT and write one explanation map per method, in INPUT's geometry.")
     p.add_argument("input", help="CT image file (NIfTI, NRRD, MHA) or DICOM folder")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--methods", default="gradcam", help=f"comma-separated, from: {','.join(METHODS)} (default gradcam)")
+    p.add_argument("--methods", default=None, help=f"comma-separated, from: {','.join(METHODS)} (default: the method "
+                   "the model card measured as best, else gradcam)")
     p.add_argument("--target", default=None, help="class to explain (default: the model's first foreground class)")
     p.add_argument("--region", default="predicted", help="predicted | whole | empty | point:R,A,S[:RADIUS] | mask:FILE")
     p.add_argument("--layer", default=None, help="layer for the CAM methods (default: the architecture's documented one)")
     p.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default 32)")
     p.add_argument("--baseline", default="blur", choices=BASELINES, help="Integrated Gradients / deletion baseline (default blur: a constant air baseline breaks completeness on instance-norm models, see explainers/ig.py)")
-    p.add_argument("--lrp-rule", default="epsilon", choices=("epsilon", "alphabeta"), help="LRP rule (αβ uses α=2, β=1)")
+    p.add_argument("--lrp-rule", default="composite", choices=LRP_RULES,
+                   help="LRP rules (composite: ε for dense layers, γ for convolutions, z^B at the input; αβ uses α=2, β=1)")
+    p.add_argument("--lrp-epsilon", type=float, default=1e-6, help="LRP ε (stabiliser of the ε rule)")
+    p.add_argument("--lrp-gamma", type=float, default=0.25, help="LRP γ (weight of positive contributions in the γ rule)")
+    p.add_argument("--occlusion-mm", type=float, default=18.0, help="occlusion cube edge in mm (default 18)")
+    p.add_argument("--smooth", default="ig", help="the method SmoothGrad averages over noisy copies (default ig)")
+    p.add_argument("--samples", type=int, default=8, help="SmoothGrad noisy copies (default 8)")
+    p.add_argument("--sigma", type=float, default=0.15, help="SmoothGrad noise σ as a fraction of the image's range")
+    p.add_argument("--reference", default=None, help="reference label of the target class (a label volume): localisation "
+                   "scores are measured against it instead of the prediction")
+    p.add_argument("--scores", default=",".join(DEFAULT_GROUPS), help=f"score groups, from: {','.join(GROUPS)} "
+                   f"(default {','.join(DEFAULT_GROUPS)}; road and faithfulness_correlation cost many re-scorings)")
+    p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking, ROAD noise and the random control map")
     p.add_argument("--model", default=None, help="bundled model name or model folder")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 autocast for the CAMs where bf16 is fast (GPU; CPU with AMX/AVX512-BF16), fp32 otherwise; bf16: IG too (faster, completeness error ~2 %%); LRP is always fp32")
-    p.add_argument("--curve-steps", type=int, default=10, help="deletion/insertion steps (at least 10)")
+    p.add_argument("--curve-steps", type=int, default=10, help="deletion/insertion/ROAD steps (at least 10)")
     p.add_argument("--no-quality", action="store_true", help="skip the quality scores and curves (faster)")
-    p.add_argument("--sanity", action="store_true", help="also run the model-randomisation check")
+    p.add_argument("--sanity", action="store_true", help="also run the cascading model-randomisation check (Adebayo et "
+                   "al.; three more explanations per method)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=run)
     return p
@@ -69,6 +85,13 @@ class _Progress:
             self.bar = None
 
 
+def curve_of(scores: dict) -> dict:
+    """A method's deletion/insertion curves from its flat scores, as ``quality.plot_curves`` draws them."""
+    return {"fractions": scores["curve_fractions"], "deletion": scores["deletion_curve"],
+            "insertion": scores["insertion_curve"], "deletion_auc": scores["deletion_auc"],
+            "insertion_auc": scores["insertion_auc"]}
+
+
 def run(args) -> int:
     """Run ``segxai explain``; SegXAIError propagates to the main CLI, Ctrl-C returns 130."""
     from .explaining import explain_volume, parse_methods
@@ -80,10 +103,11 @@ def run(args) -> int:
 
     progress = _Progress()
     try:
-        methods = parse_methods(args.methods)
         region = parse_region(args.region)
         out_dir = Path(args.output)
         model = load_model(args.model, "cpu")
+        methods = parse_methods(args.methods or [model.card.explanation.get("default_method", "gradcam")])
+        reference = read_volume(args.reference) if args.reference else None
         info = model.card.class_named(args.target) if args.target else model.card.foreground[0]
         stem = file_stem(args.input)
         quality = not args.no_quality
@@ -93,7 +117,9 @@ def run(args) -> int:
         volume = read_volume(args.input)
         result = explain_volume(volume, model, methods, info.name, region, args.layer, args.steps, args.baseline,
                                 args.lrp_rule, args.device, quality, args.curve_steps, args.sanity, args.precision,
-                                progress=progress)
+                                progress=progress, reference=reference, scores=args.scores.split(","),
+                                lrp_epsilon=args.lrp_epsilon, lrp_gamma=args.lrp_gamma, occlusion_mm=args.occlusion_mm,
+                                smooth=args.smooth, samples=args.samples, sigma=args.sigma, seed=args.seed)
         progress.close()
         write_segmentation_outputs(result.segmentation.labels, model.card.classes, out_dir, stem, args.overwrite)
         for name, m in result.methods.items():
@@ -101,7 +127,8 @@ def run(args) -> int:
         report = result.to_json()
         report["input"] = str(args.input)
         report["files"] = {k: str(v) for k, v in names.items()}
-        curves = {n: m.quality["curves"] for n, m in result.methods.items() if "curves" in m.quality}
+        scored = dict({n: m.quality for n, m in result.methods.items()}, **{f"control: {n}": c for n, c in result.controls.items()})
+        curves = {n: curve_of(q) for n, q in scored.items() if "deletion_curve" in q}
         if quality and curves:
             plot_curves(curves, names["curves"], f"{info.name} — {result.target.description}", args.overwrite)
         elif "curves" in names:

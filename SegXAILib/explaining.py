@@ -20,7 +20,8 @@ from .explainers.tiling import explain_tiled, resolve_precision
 from .inference import CancelToken, ProgressFn, choose_device
 from .models.store import LoadedModel
 from .pipeline import SegmentationResult, segment
-from .quality import deletion_insertion, energy_inside, pointing_game, randomised_copy, region_probability, spearman
+from .quality import DEFAULT_GROUPS
+from .scoring import MapScorer, beaten_by_controls, check_groups
 from .targets import RegionSpec, Target, make_target, parse_region
 from .volume import Volume
 
@@ -60,6 +61,8 @@ class ExplanationResult:
     methods: dict  # name → MethodResult, in the order asked for
     seconds: dict
     peak_memory: dict
+    controls: dict = field(default_factory=dict)  # the same scores for a random and an edge-detector map
+    localisation_against: str = ""  # 'reference' or 'prediction'
 
     @property
     def maps(self) -> list:
@@ -78,11 +81,11 @@ class ExplanationResult:
             "methods": {},
         }
         for name, m in self.methods.items():
-            quality = {k: v for k, v in m.quality.items() if k != "curves"}
-            if "curves" in m.quality:
-                quality["curves"] = m.quality["curves"]
-            out["methods"][name] = {"params": m.params, "seconds": round(m.seconds, 3), "checks": m.checks, "quality": quality,
-                                    "warnings": m.warnings}
+            out["methods"][name] = {"params": m.params, "seconds": round(m.seconds, 3), "checks": m.checks,
+                                    "quality": m.quality, "warnings": m.warnings}
+        if self.controls:
+            out["controls"] = self.controls
+            out["localisation_against"] = self.localisation_against
         return out
 
 
@@ -139,13 +142,13 @@ def peak_memory(device: torch.device) -> dict:
 def explain_volume(
     volume: Volume,
     model: LoadedModel,
-    methods: Sequence[str] = ("gradcam",),
+    methods: Sequence[str] = (),
     target: Optional[str] = None,
     region: "str | RegionSpec" = "predicted",
     layer: Optional[str] = None,
     steps: int = 32,
     baseline: str = "blur",
-    lrp_rule: str = "epsilon",
+    lrp_rule: str = "composite",
     device: "str | torch.device" = "auto",
     quality: bool = False,
     curve_steps: int = 10,
@@ -154,23 +157,43 @@ def explain_volume(
     segmentation: Optional[SegmentationResult] = None,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
+    *,
+    reference: Optional[Volume] = None,
+    scores: Sequence[str] = DEFAULT_GROUPS,
+    lrp_epsilon: float = 1e-6,
+    lrp_gamma: float = 0.25,
+    occlusion_mm: float = 18.0,
+    smooth: str = "ig",
+    samples: int = 8,
+    sigma: float = 0.15,
+    randomisation_groups: int = 3,
+    seed: int = 0,
 ) -> ExplanationResult:
     """Segment ``volume`` (unless ``segmentation`` is given) and explain class ``target`` × ``region``.
 
-    Every returned map has the input's exact geometry. ``quality`` adds energy-inside, pointing game and
-    deletion/insertion curves (costly: 2·(curve_steps+1) sliding-window passes per method); ``sanity`` adds
-    the model-randomisation check (one more explanation per method). ``precision`` 'auto' runs the CAMs under
-    bf16 autocast where bf16 is fast and everything else in fp32 (see ``explainers.tiling.resolve_precision``).
+    ``methods`` empty → the card's measured default method (``explanation.default_method``), else Grad-CAM.
+    Every returned map has the input's exact geometry. ``quality`` adds the ``scores`` groups of
+    ``quality.evaluate_map`` (localisation against ``reference`` — a label volume of the class — when given,
+    else against the prediction; deletion / insertion over the target's voxels with a fat baseline; ROAD …)
+    for every map *and* for a random and an edge-detector control map, and a warning where a method does not
+    beat both controls; ``sanity`` adds Adebayo et al.'s cascading randomisation in ``randomisation_groups``
+    steps (one more explanation per step and method). ``precision`` 'auto' runs the CAMs under bf16 autocast
+    where bf16 is fast and everything else in fp32 (see ``explainers.tiling.resolve_precision``).
     """
-    methods = parse_methods(methods)
+    net, card = model.network, model.card
+    methods = parse_methods(methods or [card.explanation.get("default_method", "gradcam")])
     device = choose_device(device)
     spec = region if isinstance(region, RegionSpec) else parse_region(region)
-    net, card = model.network, model.card
-    if "lrp" in methods:
+    options = dict(steps=steps, baseline=baseline, lrp_rule=lrp_rule, lrp_epsilon=lrp_epsilon, lrp_gamma=lrp_gamma,
+                   occlusion_mm=occlusion_mm, spacing=card.spacing, smooth=smooth, samples=samples, sigma=sigma)
+    if "lrp" in methods or ("smoothgrad" in methods and smooth == "lrp"):
         check_supported(net)  # refuse before the long work starts
     layer = layer or default_layer(card.architecture, net, card)
-    if any(make_explainer(m).uses_layer for m in methods):
+    explainers = {name: make_explainer(name, layer, **options) for name in methods}  # bad options fail here
+    if any(e.uses_layer for e in explainers.values()):
         find_layer(net, layer)  # a wrong --layer fails before the segmentation runs
+    if quality:
+        check_groups(scores)
     seconds = {}
     t0 = time.perf_counter()
     if segmentation is None:
@@ -181,15 +204,17 @@ def explain_volume(
     target = make_target(card, target, spec, pre, predicted)  # the class name becomes a Target
     del predicted
     base = make_baseline(pre.image, baseline, model.preprocessing.window)
-    score = region_probability(net, target.class_value, target.region, card.patch, card.overlap, device) if quality else None
+    scorer = None
+    if (quality or sanity) and not target.is_empty:
+        scorer = MapScorer(model, pre, target, device, reference, scores, curve_steps, seed, progress)
     results = {}
     net.eval()
-    for name in methods:
-        explainer = make_explainer(name, layer, steps, baseline, lrp_rule)
+    for name, explainer in explainers.items():
         used = resolve_precision(precision, device, explainer)
         t = time.perf_counter()
+        needs_baseline = name in ("ig", "occlusion") or (name == "smoothgrad" and smooth == "ig")
         model_map, totals = explain_tiled(explainer, net, pre.image, target.class_value, target.region, card.patch,
-                                          card.overlap, device, base if name == "ig" else None, progress, cancel, name,
+                                          card.overlap, device, base if needs_baseline else None, progress, cancel, name,
                                           used)
         checks = {"totals": totals}
         if name == "ig" and totals:
@@ -197,20 +222,19 @@ def explain_volume(
         if name == "lrp" and totals:
             checks["conservation_error"] = conservation_error(totals)
         elapsed = time.perf_counter() - t
-        scores = {}
-        if quality and not target.is_empty:
-            scores["energy_inside"] = energy_inside(model_map, target.region)
-            scores["pointing_game"] = pointing_game(model_map, target.region)
-            stage = f"{name}: deletion/insertion"
-            report = (lambda f, stage=stage: progress(stage, f)) if progress else None
-            scores["curves"] = deletion_insertion(score, pre.image, base, model_map, curve_steps, report)
-        if sanity and not target.is_empty:
-            random_map, _ = explain_tiled(explainer, randomised_copy(net), pre.image, target.class_value, target.region,
-                                          card.patch, card.overlap, device, base if name == "ig" else None, progress,
-                                          cancel, f"{name}: randomised model", used)
-            scores["randomisation_spearman"] = spearman(model_map, random_map)
+        found = scorer.scores(model_map, name) if scorer is not None and quality else {}
+        if sanity and scorer is not None:
+            def explain_fn(clone, explainer=explainer, needs_baseline=needs_baseline, name=name):
+                return explain_tiled(explainer, clone, pre.image, target.class_value, target.region, card.patch,
+                                     card.overlap, device, base if needs_baseline else None, progress, cancel,
+                                     f"{name}: randomised model", used)[0]
+            found.update(scorer.randomisation(net, explain_fn, model_map, randomisation_groups))
+        warnings = cam_warnings(name, layer, totals, card, net)
         results[name] = MethodResult(name, pre.to_source(model_map, "linear"), model_map,
-                                     dict(explainer.params(), precision=used), elapsed, checks, scores,
-                                     cam_warnings(name, layer, totals, card, net))
+                                     dict(explainer.params(), precision=used), elapsed, checks, found, warnings)
+    controls = scorer.controls() if scorer is not None and quality else {}
+    for m in results.values():
+        m.warnings.extend(beaten_by_controls(m.method, m.quality, controls))
     seconds["total"] = time.perf_counter() - t0
-    return ExplanationResult(segmentation, target, layer, results, seconds, peak_memory(device))
+    return ExplanationResult(segmentation, target, layer, results, seconds, peak_memory(device), controls,
+                             scorer.against if scorer is not None else "")
