@@ -187,7 +187,8 @@ def rendered(tmp_path_factory):
         save_png(pixels, out / f"render_{name.replace('+', '_')}.png")
     save_png(side_by_side(pics["ct"], pics["gradcam+legend"], pics["ig+legend"], pics["gradcam+outlines"], pics["3d"]),
              out / "render_synthetic_overview.png")
-    return {"pics": pics, "voxel": voxel, "shape": ct.shape, "seg": seg, "map_nodes": map_nodes, "out": out}
+    return {"pics": pics, "voxel": voxel, "shape": ct.shape, "seg": seg, "map_nodes": map_nodes, "out": out,
+            "draw": draw, "scene": scene}
 
 
 def pixel_voxels(view, ijk_to_ras, picture_shape) -> np.ndarray:
@@ -248,6 +249,27 @@ def test_signed_map_leaves_the_ct_unveiled(rendered):
     neg = pics["ig"][in_box(voxel, BOX_B, 1.5)].astype(int)
     assert (pos[:, 0] - pos[:, 2]).mean() > 40 and (neg[:, 2] - neg[:, 0]).mean() > 40  # red-yellow / blue-cyan
     assert abs(pics["ig"][outside].mean() - pics["ct"][outside].mean()) < 0.5
+
+
+def test_slicer_draws_any_non_zero_colour_alpha_fully(rendered):
+    """Why display.py makes alphas 0 or 1: a table at alpha 0.3 draws exactly like the same table at 1."""
+    pics, scene = rendered["pics"], rendered["scene"]
+    display = rendered["map_nodes"]["ig"].GetDisplayNode()
+    original = display.GetColorNodeID()
+    faded = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "faded copy")
+    faded.Copy(display.GetColorNode())
+    for i in range(faded.GetNumberOfColors()):
+        r, g, b, a = faded.GetLookupTable().GetTableValue(i)
+        faded.SetColor(i, r, g, b, 0.3 if a > 0 else 0.0)
+    try:
+        display.SetAndObserveColorNodeID(faded.GetID())
+        assert diff(rendered["draw"]("ig"), pics["ig"]).max() <= 1
+        for i in range(faded.GetNumberOfColors()):  # the swapped table is the one drawn: all clear, CT alone
+            faded.SetColor(i, *faded.GetLookupTable().GetTableValue(i)[:3], 0.0)
+        assert diff(rendered["draw"]("ig"), pics["ct"]).max() <= 1
+    finally:
+        display.SetAndObserveColorNodeID(original)
+        scene.RemoveNode(faded)
 
 
 def test_segments_are_outlines_that_do_not_tint(rendered):

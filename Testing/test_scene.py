@@ -487,3 +487,8 @@ def test_output_segmentation_node_is_filled_not_replaced(S):
     assert names == ["my lesion", "liver", "spleen"]
     again = S.show_results(node, labels, CLASSES, maps, {})
     assert scene.IsNodePresent(users) and again["segmentation"] is not users
+    # SegXAI's own unedited result chosen as the output: refilled in place, no duplicate segments
+    mine = again["segmentation"]
+    refilled = S.show_results(node, labels, CLASSES, maps, {}, segmentation_node=mine)["segmentation"]
+    assert refilled is mine and mine.GetSegmentation().GetNumberOfSegments() == 2
+    assert S.segxai_nodes(scene, node, role="segmentation") == [mine]
