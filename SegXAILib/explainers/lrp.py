@@ -3,7 +3,7 @@
 Default (``rule="composite"``, zennit's EpsilonGammaBox, Montavon et al. 2019 "LRP: an overview"): ε on dense
 (Linear) layers, γ on convolutions and transposed convolutions, z^B (box rule, bounds ``low``/``high`` = the
 model input's range: the HU window scaled to [0, 1], see ``preprocessing.IntensityWindow``) on every layer that
-reads the network input. ``"composite-zplus"`` uses z⁺ on the convolutions (zennit's EpsilonPlusBox/-Flat);
+reads the network input. ``"composite-zplus"`` uses z⁺ on the convolutions (as zennit's EpsilonPlus/EpsilonPlusFlat);
 ``input_rule="flat"`` the flat rule at the input. ``"epsilon"`` and ``"alphabeta"`` apply that one rule to every
 convolution and linear layer, the input layer included. Rules follow zennit 0.5.1 exactly, biases included
 (γ, z⁺, αβ: b⁺ joins the positive, b⁻ the negative denominator; ε: b in z; z^B: b cancels) — oracle-tested.
@@ -24,11 +24,18 @@ preceding convolution; zennit's default for an unmerged BN is to pass relevance 
 Transformers (the TransUNet's ViT), also Ali et al.: the softmax attention matrix is held constant, so the
 output is linear in the values; GELU passes relevance unchanged (R_in = R_out, the identity rule for a gate).
 
-Where relevance goes (measured by ``relevance_ledger``; ``bench/lrp_conservation.py`` prints the table):
-ΣR_input = F(x) − (what biases absorb) − (what norms' β/running-mean shifts absorb) − (what the TransUNet's
-position embeddings take at their addition) − (stabilisers, ~1e-6). An instance norm's centring makes the
-preceding conv bias cancel in total, so with μ kept in the graph the bundled U-Net's remaining losses are its
-biases under the γ/z⁺/αβ rules' per-voxel denominators. Networks with other layer types are refused by name.
+Where relevance goes: F − ΣR_input = what the layers' biases (and ε/stabilisers) absorb + what the norms' shifts
+(β, running means) absorb + what the TransUNet's position embeddings take at their addition. ``relevance_ledger``
+records ΣR_out − ΣR_in per layer; ``bench/lrp_conservation.py`` measures it on the bundled sample (8 windows):
+- the centring makes the bias of a conv that feeds an instance norm cancel in total under ε, but not under the
+  per-voxel denominators of γ/z⁺: the U-Net's composite loses 12 % of F over the volume (0.11–0.25 per window),
+  15 % of one window's F through the bias of its top transposed conv (``model.2.0.conv``) alone;
+- under ε the U-Net creates 49 % instead, through the bias of the first unit's residual conv, which reads the
+  input with no norm after it (z^B has no bias term, so the composite loses nothing there);
+- the TransUNet's composite is off by 4 % (ε 6.5 %, composite-zplus 0.8 %); its norms' β and its position
+  embeddings take < 0.1 % each; αβ is not conservative where an output lacks one sign (56–57 % on both).
+The previous rule (ε, norm means frozen as constants) was off by 6.2 (U-Net) and 4.1 (TransUNet) per window.
+Networks with other layer types are refused by name.
 """
 from __future__ import annotations
 
@@ -81,44 +88,49 @@ def _pos(t):
     return None if t is None else t.clamp(min=0)
 
 
-def _neg(t):
-    return None if t is None else t.clamp(max=0)
+def _bias_view(m: nn.Module, b: Optional[torch.Tensor], like: torch.Tensor):
+    """A bias broadcastable against the module's output (channels on dim 1 for convolutions, last for Linear)."""
+    if b is None:
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+    return b if isinstance(m, nn.Linear) else b.view((1, -1) + (1,) * (like.ndim - 2))
 
 
-def _signed_density(m, a, relevance, w_for_pos, w_for_neg, b_pos_den, masks=None):
-    """Shared core of z⁺/γ: g_in for a rule whose positive inputs see ``w_for_pos`` and negative ones ``w_for_neg``."""
-    ap, an = a.clamp(min=0), a.clamp(max=0)
-    den = _linear(m, ap, w_for_pos, b_pos_den) + _linear(m, an, w_for_neg, None)
-    s = relevance / _stab(den, STABILIZER)
-    if masks is not None:
-        s = s * masks
-    return torch.where(a > 0, _vjp(m, a, w_for_pos, s), _vjp(m, a, w_for_neg, s))
+def _positive_part(m: nn.Module, a: torch.Tensor, z: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    """P = a⁺·w⁺ + a⁻·w⁻ + b⁺ (the positive contributions) in one linear map: ½[(z − b) + |a|·|w|] + b⁺."""
+    return 0.5 * (z - _bias_view(m, b, z) + _linear(m, a.abs(), w.abs(), None)) + _bias_view(m, _pos(b), z)
 
 
 def _density(rule: str, m: nn.Module, a: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor, p: dict) -> torch.Tensor:
-    """g_in = R_in / a for a rule whose R_in carries a factor a_i per input (ε, z⁺, γ, αβ)."""
+    """g_in = R_in / a for a rule whose R_in carries a factor a_i per input (ε, z⁺, γ, αβ); 0 where a = 0.
+
+    With w± and a± the positive/negative parts, zennit's denominators are z (ε), P = a⁺w⁺ + a⁻w⁻ + b⁺ (z⁺,
+    αβ's positive side), N = z − P (αβ's negative side), z + γP for z > 0 and z + γN for z < 0 (γ)."""
     w = m.weight.detach()
     b = m.bias.detach() if m.bias is not None else None
     if rule == "epsilon":
-        return _vjp(m, a, w, relevance / _stab(z, p["epsilon"]))
-    if rule == "zplus":  # positive contributions: a⁺w⁺ + a⁻w⁻ (+ b⁺)
-        return _signed_density(m, a, relevance, w.clamp(min=0), w.clamp(max=0), _pos(b))
-    if rule == "gamma":  # generalised γ (Montavon 2019; Andéol 2021): favour contributions of the output's sign
+        g_in = _vjp(m, a, w, relevance / _stab(z, p["epsilon"]))
+    elif rule == "zplus":  # R_i = Σ_j (a_i w_ij)⁺-side / P_j · R_j
+        s = relevance / _stab(_positive_part(m, a, z, w, b), STABILIZER)
+        g_in = torch.where(a > 0, _vjp(m, a, w.clamp(min=0), s), _vjp(m, a, w.clamp(max=0), s))
+    elif rule == "gamma":  # generalised γ (Montavon 2019; Andéol 2021): favour contributions of the output's sign
         g = p["gamma"]
-        up, un = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
-        bp = None if b is None else b + g * b.clamp(min=0)
-        bn = None if b is None else b + g * b.clamp(max=0)
-        pos = _signed_density(m, a, relevance, up, un, bp, (z > 0).to(z))  # z > 0: a⁺(w+γw⁺) + a⁻(w+γw⁻)
-        neg = _signed_density(m, a, relevance, un, up, bn, (z < 0).to(z))  # z < 0: a⁺(w+γw⁻) + a⁻(w+γw⁺)
-        return pos + neg
-    if rule == "alphabeta":
+        positive = _positive_part(m, a, z, w, b)
+        s_p = torch.where(z > 0, relevance / _stab(z + g * positive, STABILIZER), torch.zeros_like(z))
+        s_n = torch.where(z < 0, relevance / _stab(z + g * (z - positive), STABILIZER), torch.zeros_like(z))
+        # a > 0: (w + γw⁺)ᵀs_p + (w + γw⁻)ᵀs_n, a < 0: the mirror; w± = (w ± |w|)/2 gives two maps instead of four.
+        # Safe here: |z + γP| ≥ |z| and |z + γN| ≥ |z|, so s_p, s_n never exceed |R/z|.
+        whole = _vjp(m, a, w, s_p + s_n)
+        spread = _vjp(m, a, w.abs(), s_p - s_n)
+        g_in = (1 + 0.5 * g) * whole + 0.5 * g * torch.sign(a) * spread
+    elif rule == "alphabeta":
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        ap, an = a.clamp(min=0), a.clamp(max=0)
-        zp = _linear(m, ap, wp, _pos(b)) + _linear(m, an, wn, None)
-        zn = _linear(m, ap, wn, _neg(b)) + _linear(m, an, wp, None)
-        sp, sn = p["alpha"] * relevance / _stab(zp, STABILIZER), p["beta"] * relevance / _stab(zn, STABILIZER)
-        return torch.where(a > 0, _vjp(m, a, wp, sp) - _vjp(m, a, wn, sn), _vjp(m, a, wn, sp) - _vjp(m, a, wp, sn))
-    raise AssertionError(rule)
+        positive = _positive_part(m, a, z, w, b)
+        sp = p["alpha"] * relevance / _stab(positive, STABILIZER)
+        sn = p["beta"] * relevance / _stab(z - positive, STABILIZER)
+        g_in = torch.where(a > 0, _vjp(m, a, wp, sp) - _vjp(m, a, wn, sn), _vjp(m, a, wn, sp) - _vjp(m, a, wp, sn))
+    else:
+        raise AssertionError(rule)
+    return torch.where(a != 0, g_in, torch.zeros_like(g_in))
 
 
 def _input_relevance(rule: str, m: nn.Module, a: torch.Tensor, relevance: torch.Tensor, p: dict) -> torch.Tensor:
