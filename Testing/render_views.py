@@ -16,14 +16,22 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no X
 ORIENTATIONS = {"Axial": "axial_view", "Sagittal": "sagittal_view", "Coronal": "coronal_view"}
 
 
+#: what the rendering tests need (trame-slicer 2.0's layer-dm is built against slicer-core 5.11, which pins vtk 9.6.0)
+RENDER_PINS = "trame-slicer==2.0.0 slicer-layer-dm==2.0.0 slicer-core==5.11.0.6 vtk==9.6.0"
+
+
 def require_renderer():
-    """Skip the calling test (pytest) when trame-slicer or the slicer-core it needs cannot be imported."""
+    """Skip the calling test when trame-slicer or the slicer-core it needs cannot be imported; fail instead
+    when ``SEGXAI_REQUIRE_RENDER=1`` (CI), so the pictures are never skipped there unnoticed."""
     import pytest
 
     try:
         import trame_slicer.core  # noqa: F401
     except ImportError as error:  # trame-slicer missing, or its compiled layer-dm does not match slicer-core
-        pytest.skip(f"trame-slicer cannot render here: {error}")
+        message = f"trame-slicer cannot render here ({error}); pip install {RENDER_PINS}"
+        if os.environ.get("SEGXAI_REQUIRE_RENDER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 class Renderer:
