@@ -3,6 +3,8 @@
 The only file of SegXAILib that touches ``slicer``/``vtk``, always lazily inside functions, so importing it
 needs neither. The same code runs inside 3D Slicer and under ``slicer-core`` (MRML + module logics, no Qt):
 :func:`ensure_scene` builds the scene and logics that Slicer's application would otherwise provide.
+How a map or a segment looks (colours, window, what is hidden, legend text, scale) is decided in
+:mod:`SegXAILib.display`; this file only applies those decisions to MRML nodes.
 """
 from __future__ import annotations
 
