@@ -26,14 +26,16 @@ output is linear in the values; GELU passes relevance unchanged (R_in = R_out, t
 
 Where relevance goes: F − ΣR_input = what the layers' biases (and ε/stabilisers) absorb + what the norms' shifts
 (β, running means) absorb + what the TransUNet's position embeddings take at their addition. ``relevance_ledger``
-records ΣR_out − ΣR_in per layer; ``bench/lrp_conservation.py`` measures it on the bundled sample (8 windows):
+records ΣR_out − ΣR_in per layer; ``bench/lrp_conservation.py`` measures it on the bundled sample (8 windows,
+shares of the tiled volume's F; negative = created):
 - the centring makes the bias of a conv that feeds an instance norm cancel in total under ε, but not under the
-  per-voxel denominators of γ/z⁺: the U-Net's composite loses 12 % of F over the volume (0.11–0.25 per window),
-  15 % of one window's F through the bias of its top transposed conv (``model.2.0.conv``) alone;
-- under ε the U-Net creates 49 % instead, through the bias of the first unit's residual conv, which reads the
-  input with no norm after it (z^B has no bias term, so the composite loses nothing there);
-- the TransUNet's composite is off by 4 % (ε 6.5 %, composite-zplus 0.8 %); its norms' β and its position
-  embeddings take < 0.1 % each; αβ is not conservative where an output lacks one sign (56–57 % on both).
+  per-voxel denominators of γ/z⁺: the U-Net's composite loses 12 % (0.11–0.25 per window), 14 % through the
+  bias of its top transposed conv (``model.2.0.conv``) alone;
+- under ε the U-Net creates 49 % instead, 43 % through the bias of the first unit's residual conv, which reads
+  the input with no norm after it (z^B has no bias term, so the composite loses nothing there);
+- the TransUNet's composite creates 4 %, through the bias of its 1×1 logits head (ε 6.5 %, composite-zplus
+  0.8 %); its norms' β and its position embeddings take < 0.1 % each. αβ is off by 56–57 % on both models
+  (it is not conservative where an output lacks contributions of one sign).
 The previous rule (ε, norm means frozen as constants) was off by 6.2 (U-Net) and 4.1 (TransUNet) per window.
 Networks with other layer types are refused by name.
 """
