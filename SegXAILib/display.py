@@ -37,6 +37,7 @@ class MethodInfo:
     family: str
     signed: bool
     unit: str
+    uses_layer: bool = True  # the CAMs read one layer; IG and LRP explain the input, so no layer is named
 
 
 #: the explanation methods SegXAI knows (names as in ``segxai explain --methods``)
@@ -46,8 +47,8 @@ METHODS = {
     "gradcampp": MethodInfo("Grad-CAM++", "cam", False, "activation (a.u.)"),
     # IG and LRP both add up to the target score, yet their voxel values differ tenfold on the bundled sample
     # (99.5th percentile of |value| 6.9 against 69): one shared window would hide IG, so each is its own family
-    "ig": MethodInfo("Integrated Gradients", "ig", True, "target-score units"),
-    "lrp": MethodInfo("LRP", "lrp", True, "target-score units"),
+    "ig": MethodInfo("Integrated Gradients", "ig", True, "target-score units", uses_layer=False),
+    "lrp": MethodInfo("LRP", "lrp", True, "target-score units", uses_layer=False),
 }
 
 
@@ -57,7 +58,7 @@ def method_info(method: str, signed: Optional[bool] = None) -> MethodInfo:
     if info is None:
         return MethodInfo(str(method), str(method), bool(signed), "value (a.u.)")
     if signed is not None and bool(signed) != info.signed:
-        return MethodInfo(info.title, info.family, bool(signed), info.unit)
+        return MethodInfo(info.title, info.family, bool(signed), info.unit, info.uses_layer)
     return info
 
 
@@ -152,7 +153,7 @@ def legend_subtitle(method: str, region: Optional[str] = None, layer: Optional[s
     where = []
     if region:
         where.append(f"region {region}")
-    if layer:
+    if layer and method_info(method, signed).uses_layer:
         where.append(f"layer {layer}")
     return "\n".join([method_info(method, signed).unit] + ([", ".join(where)] if where else []))
 
@@ -163,7 +164,7 @@ def description(method: str, target_class=None, region=None, layer=None, model=N
     text = f"{info.title} explanation of '{target_class or 'the default class'}'"
     if region:
         text += f" over the {region} region"
-    if layer:
+    if layer and info.uses_layer:
         text += f", read at layer {layer}"
     if model:
         text += f", model {model}"

@@ -2,6 +2,7 @@
 
     segxai scene Resources/Samples/ct_totalseg_A.nii.gz -o OUT --methods gradcam ig lrp --steps 8
     python Testing/render_docs.py OUT/ct_totalseg_A.mrml docs --size 420
+    (--restyle Resources/Models/<model>/card.json first rebuilds an older scene with today's display decisions)
 
 Writes ``render_gradcam_ct.png``, ``render_ig_ct.png``, ``render_lrp_ct.png``, ``render_segments_ct.png``,
 ``render_3d.png`` and ``render_overview.png`` (CT alone | Grad-CAM | IG | outlines), and prints the mean
@@ -84,14 +85,67 @@ def pictures(mrml, size: int = 420, offset=None) -> dict:
     return out
 
 
+def restyle(mrml, out_mrml, card_path) -> Path:
+    """Rebuild a saved SegXAI scene with today's display decisions: same CT, labels and map voxels, new look.
+
+    For scenes written before a display change; the maps and labels are read back from the scene, not recomputed.
+    """
+    import numpy as np
+    import slicer
+
+    from SegXAILib import scene as bridge
+    from SegXAILib.models.card import ClassInfo
+    from SegXAILib.volume import Volume
+
+    old = bridge.load_scene(mrml)
+    maps = bridge.segxai_nodes(old, None, role="map")
+    ct_node = old.GetNodeByID(maps[0].GetNodeReferenceID(bridge.SOURCE_REFERENCE))
+    ct = bridge.volume_from_node(ct_node)
+    seg = bridge.segxai_nodes(old, ct_node, role="segmentation")[0]
+    import json
+
+    card = json.loads(Path(card_path).read_text())
+    classes = [ClassInfo(c["value"], c["name"], c["color"], c.get("terminology", {})) for c in card["classes"]]
+    labels = np.zeros(ct.shape, np.uint8)
+    segmentation = seg.GetSegmentation()
+    for c in classes[1:]:
+        segment_id = segmentation.GetSegmentIdBySegmentName(c.name)
+        if segment_id:
+            labels[slicer.util.arrayFromSegmentBinaryLabelmap(seg, segment_id, ct_node) > 0] = c.value
+    keys = ("method", "layer", "target_class", "region", "steps", "model")
+    entries = []
+    for node in maps:
+        meta = {key: node.GetAttribute(bridge.PREFIX + bridge._attribute_key(key)) for key in keys}
+        meta = {k: v for k, v in meta.items() if v}
+        entries.append((node.GetAttribute(bridge.PREFIX + "Map"), ct.like(np.array(slicer.util.arrayFromVolume(node))),
+                        meta, node.GetAttribute(bridge.PREFIX + "Signed") == "True"))
+    provenance = {"model": maps[0].GetAttribute(bridge.PREFIX + "Model"),
+                  "target_class": maps[0].GetAttribute(bridge.PREFIX + "TargetClass"),
+                  "region": maps[0].GetAttribute(bridge.PREFIX + "Region")}
+    window = ct_node.GetDisplayNode()
+    low, high = window.GetWindowLevelMin(), window.GetWindowLevelMax()
+    bridge.new_headless_scene()
+    node = bridge.add_volume_node(ct, ct_node.GetName())
+    node.GetDisplayNode().AutoWindowLevelOff()
+    node.GetDisplayNode().SetWindowLevelMinMax(low, high)
+    metrics = card.get("metrics")
+    bridge.show_results(node, ct.like(labels), classes, entries, provenance, class_metrics=metrics, show_3d=True)
+    return bridge.save_scene(out_mrml, overwrite=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mrml")
     parser.add_argument("out")
     parser.add_argument("--size", type=int, default=420)
+    parser.add_argument("--restyle", metavar="CARD", help="first rebuild the scene with today's display decisions "
+                        "(maps and labels read back from it; CARD: the model's card.json, for the classes shown)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    pics = pictures(args.mrml, args.size)
+    mrml = args.mrml
+    if args.restyle:
+        mrml = restyle(mrml, out / "restyled" / Path(mrml).name, args.restyle)
+    pics = pictures(mrml, args.size)
     for key, name in (("gradcam", "render_gradcam_ct"), ("ig", "render_ig_ct"), ("lrp", "render_lrp_ct"),
                       ("outlines", "render_segments_ct"), ("3d", "render_3d")):
         if key in pics:

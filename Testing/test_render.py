@@ -53,8 +53,10 @@ def test_map_style_for_signed_and_non_negative_maps():
 def test_legend_text_names_method_class_unit_region_and_layer():
     assert look.legend_title("gradcampp", "liver") == "Grad-CAM++: liver"
     assert look.legend_title("ig") == "Integrated Gradients"
-    sub = look.legend_subtitle("lrp", "point:1,2,3:10", "model.2")
-    assert "target-score units" in sub and "region point:1,2,3:10" in sub and "layer model.2" in sub
+    sub = look.legend_subtitle("gradcam", "point:1,2,3:10", "model.2")
+    assert "activation" in sub and "region point:1,2,3:10" in sub and "layer model.2" in sub
+    sub = look.legend_subtitle("lrp", "predicted", "model.2")  # LRP and IG explain the input: no layer to name
+    assert "target-score units" in sub and "layer" not in sub
     text = look.description("ig", "liver", "predicted", None, "segxai-transunet-3mm", scale="family")
     assert "Integrated Gradients" in text and "'liver'" in text and "segxai-transunet-3mm" in text and "negative" in text
     assert look.legend_title("occlusion", "liver") == "occlusion: liver"  # unknown methods keep their name
