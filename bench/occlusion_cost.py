@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--plan-only", action="store_true")
+    parser.add_argument("--compare-bf16", type=int, default=0, metavar="N",
+                        help="instead of the full run: N random patches scored in fp32 and under bf16 autocast")
     parser.add_argument("--input", default=str(ROOT / "Resources" / "Samples" / "ct_totalseg_A.nii.gz"))
     args = parser.parse_args()
     import torch
@@ -78,7 +80,9 @@ def one_setting(explainer, tiles, seg, target, name, args, patch, within) -> Non
            "full_rescoring_window_forwards": (len(features) + 1) * len(tiles),
            "segmentation_passes_of_work": round((len(windows) + len(jobs)) / len(tiles), 1),
            "segment_inference_s": round(seg.seconds["inference"], 2), "precision": args.precision}
-    if not args.plan_only:
+    if args.compare_bf16:
+        row.update(compare_bf16(explainer, tiles, args.compare_bf16))
+    elif not args.plan_only:
         t = time.perf_counter()
         out, totals = explain_padded(explainer, tiles)
         seconds = time.perf_counter() - t
@@ -91,6 +95,42 @@ def one_setting(explainer, tiles, seg, target, name, args, patch, within) -> Non
         if seg.device.startswith("cuda"):
             row["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print(json.dumps(row), flush=True)
+
+
+def compare_bf16(explainer, tiles, count: int) -> dict:
+    """F(x) − F(x_P) of ``count`` random patches in fp32 and under bf16 autocast: seconds and the deltas' error."""
+    import copy
+
+    import numpy as np
+
+    from SegXAILib.explainers.occlusion import Occlusion
+    from SegXAILib.explainers.tiling import explain_padded
+
+    features = explainer.features(tiles)
+    chosen = [features[i] for i in np.random.default_rng(0).choice(len(features), size=count, replace=False)]
+
+    class Some(Occlusion):
+        def features(self, tiles):
+            return chosen
+
+    some = copy.copy(explainer)
+    some.__class__ = Some
+    out = {}
+    deltas = {}
+    for precision in ("fp32", "bf16"):
+        problem = copy.copy(tiles)
+        problem.precision = precision
+        t = time.perf_counter()
+        result, totals = explain_padded(some, problem)
+        out[f"{precision}_s"] = round(time.perf_counter() - t, 2)
+        out[f"{precision}_window_forwards"] = totals["window_evaluations"]
+        deltas[precision] = np.array([result[tuple(s.start for s in box)] for box, _ in chosen], dtype=np.float64)
+        out[f"{precision}_score"] = round(totals["score"], 3)
+    scale = float(np.abs(deltas["fp32"]).max())
+    out.update({"compared_patches": count, "fp32_deltas": deltas["fp32"].round(4).tolist(),
+                "bf16_deltas": deltas["bf16"].round(4).tolist(),
+                "bf16_max_error_of_max_delta": round(float(np.abs(deltas["bf16"] - deltas["fp32"]).max()) / scale, 4)})
+    return out
 
 
 if __name__ == "__main__":

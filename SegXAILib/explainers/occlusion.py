@@ -47,15 +47,17 @@ class Occlusion(Explainer):
     between patches (default: the patch, so patches do not overlap; at most the patch). ``fill`` 'baseline' puts
     the explanation's baseline image in the patch, 'value' the constant ``value``. ``supervoxels``: False for cubes,
     True for SLIC supervoxels of about a patch's volume on the image inside the occluded area, or an integer label
-    array on the model grid (0 = never occluded; ``within_mm`` then does not apply). ``within_mm`` (or
+    array on the model grid (0 or below = never occluded; ``within_mm`` then does not apply). ``within_mm`` (or
     ``within_voxels``): the occluded area is the target's bounding box grown by this margin; None occludes the whole
     volume. ``spacing`` is the model grid's spacing in mm along i, j, k as the card gives it (needed for the mm
     options). ``batch``: occluded windows per forward (None: 8 on a GPU, 1 on a CPU).
     """
 
     name = "occlusion"
-    # a map of differences of F: bf16 rounding of the logits would be of the order of the differences themselves
-    bf16 = "opt-in"
+    # never bf16: a map of small differences of a large F. Measured (bench/occlusion_cost.py --compare-bf16 8, bundled
+    # U-Net, sample CT, 6-voxel patches): under bf16 autocast F moved by 0.3 % (402 of 125311) and the patches'
+    # differences were off by 3× the largest one; it saved 13 % of the time on a CPU with AVX512-BF16
+    bf16 = "never"
 
     def __init__(self, patch_voxels=6, stride=None, fill: str = "baseline", value: float = 0.0, supervoxels=False,
                  within_mm: Optional[float] = 30.0, within_voxels=None, patch_mm=None,
@@ -94,6 +96,8 @@ class Occlusion(Explainer):
     def params(self) -> dict:
         out = {"patch_voxels": list(self.patch), "stride": list(self.stride), "fill": self.fill,
                "features": "supervoxels" if self.supervoxels else "cubes"}
+        if self.patch_mm is not None:
+            out["patch_mm"] = self.patch_mm
         if self.fill == "value":
             out["value"] = self.value
         if self.labels is None:
