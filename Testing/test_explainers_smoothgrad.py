@@ -122,3 +122,19 @@ def test_each_sample_reports_progress_under_its_own_stage_and_cancel_stops():
     with pytest.raises(Cancelled):
         explain_tiled(SmoothGrad(IntegratedGradients(steps=2), samples=3), net, image, CLASS, region, PATCH, OVERLAP,
                       baseline=base, cancel=token)
+
+
+def test_smoothgrad_of_a_cam_is_the_mean_of_whole_volume_cams_of_the_same_noisy_images():
+    """The CAM inner stays the whole-volume CAM (oracle-tested in test_tiling) of each noisy image; the draws are the
+    ones the captum test above pins down."""
+    net, (image, region, base) = bn_net(), problem()
+    samples, sigma, seed = 2, 0.1, 5
+    ours, _ = explain_tiled(SmoothGrad(GradCAM("4"), samples, sigma, seed), net, image, CLASS, region, PATCH, OVERLAP)
+    generator, std = torch.Generator().manual_seed(seed), sigma * float(image.max() - image.min())
+    maps = []
+    for _ in range(samples):
+        noisy = image + (torch.empty(SHAPE).normal_(0.0, 1.0, generator=generator) * std).numpy()
+        maps.append(explain_tiled(GradCAM("4"), net, noisy, CLASS, region, PATCH, OVERLAP)[0])
+    oracle = np.mean(maps, axis=0)
+    assert np.abs(maps[0] - maps[1]).max() > 0.05 * oracle.max()
+    np.testing.assert_allclose(ours, oracle, rtol=1e-5, atol=1e-6 * oracle.max())
