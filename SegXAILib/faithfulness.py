@@ -107,9 +107,10 @@ def auc(y, x) -> float:
 
 
 def normalised_auc(area: float, at_removed: float, at_original: float) -> float:
-    """Where the AUC lies between the all-removed (0) and the original (1) score; nan when they coincide."""
+    """Where the AUC lies between the all-removed (0) and the original (1) score; nan when removing everything
+    lowers the score by less than 5 % of it (then the curve's shape says nothing about the map)."""
     span = at_original - at_removed
-    if not np.isfinite(span) or abs(span) < 1e-9:
+    if not np.isfinite(span) or span <= 0.05 * abs(at_original):
         return float("nan")
     return float((area - at_removed) / span)
 

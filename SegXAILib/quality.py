@@ -19,7 +19,7 @@ from .controls import control_maps, edge_map, random_map  # noqa: F401  (re-expo
 from .errors import SegXAIError
 from .faithfulness import (MIN_CURVE_STEPS, auc, body_mask, check_steps, faithfulness_correlation,  # noqa: F401
                            linear_imputation, noisy_linear_imputation, ranked_units, road)
-from .faithfulness import deletion_insertion as region_deletion_insertion
+from .faithfulness import deletion_insertion  # noqa: F401
 from .localisation import (array_spacing, energy_inside, localisation_scores, pointing_game, relevance_mass_accuracy,  # noqa: F401
                            relevance_rank_accuracy)
 from .map_complexity import entropy_complexity, gini_sparseness
@@ -133,8 +133,8 @@ def evaluate_map(saliency: np.ndarray, *, image: np.ndarray, baseline: np.ndarra
     curves = [("deletion_insertion", "", target_region), ("body_deletion_insertion", "body_", body_region)]
     for group, prefix, region in curves:
         if group in which:
-            c = region_deletion_insertion(score, image, baseline, saliency, region, steps, seed, patch,
-                                          report(f"{prefix}deletion/insertion"))
+            c = deletion_insertion(score, image, baseline, saliency, region, steps, seed, patch,
+                                   report(f"{prefix}deletion/insertion"))
             for key in ("deletion_auc", "insertion_auc", "deletion_auc_normalised", "insertion_auc_normalised",
                         "score_original", "score_removed", "dynamic_range"):
                 out[prefix + key] = c[key]
@@ -151,17 +151,6 @@ def evaluate_map(saliency: np.ndarray, *, image: np.ndarray, baseline: np.ndarra
                                      faithfulness_subset, seed, patch, report("faithfulness correlation"))
         out["faithfulness_correlation"] = f["faithfulness_correlation"]
     return out
-
-
-def deletion_insertion(score, image, baseline, saliency, region=None, steps: int = 20, *args, **kwargs) -> dict:
-    """``faithfulness.deletion_insertion``; also accepts explaining.py's older call
-    ``(score, image, baseline, saliency, steps, progress)``, scoring over the whole grid, until it calls
-    ``evaluate_map``."""
-    if region is None or isinstance(region, (int, np.integer)):  # the older positional call
-        steps, progress = (region if region is not None else steps), (steps if callable(steps) else None)
-        return region_deletion_insertion(score, image, baseline, saliency, np.ones(np.shape(saliency), bool),
-                                         steps, progress=progress)
-    return region_deletion_insertion(score, image, baseline, saliency, region, steps, *args, **kwargs)
 
 
 def plot_curves(curves: dict, path, title: str = "", overwrite: bool = False) -> Path:

@@ -103,6 +103,34 @@ class CroppedRegionScore:
         prob = torch.softmax(logits, dim=0)[self.class_index]
         return float(prob[self.region_local].double().mean())
 
+    def gradient(self, image: np.ndarray) -> np.ndarray:
+        """d score / d image on the image's grid (zero where no chosen window reads): the blended logits' upstream
+        gradient, pulled back through one window at a time (exact, with one window's graph in memory)."""
+        logits = self.logits(image)
+        prob = torch.softmax(logits, dim=0)
+        onehot = torch.zeros_like(prob)
+        onehot[self.class_index] = 1.0
+        n = float(self.region_local.sum())
+        upstream = prob[self.class_index] * (onehot - prob) * self.region_local / n  # d mean p_c / d logits
+        count = torch.zeros(logits.shape[1:], dtype=torch.float32)
+        local = [tuple(slice(s.start - l, s.stop - l) for s, l in zip(w, self.lo)) for w in self.windows]
+        for s in local:
+            count[s] += self.weight
+        padded = np.pad(np.asarray(image, dtype=np.float32), self.pads)
+        span = tuple(slice(l, h) for l, h in zip(self.lo, self.hi))
+        x = torch.from_numpy(np.ascontiguousarray(padded[span]))
+        grad = torch.zeros_like(x)
+        self.network.to(self.device)
+        for s in local:
+            xw = x[s][None, None].to(self.device).requires_grad_(True)
+            out = self.network(xw)[0].float().cpu()
+            (out * (upstream[(slice(None),) + s] * (self.weight / count[s]))).sum().backward()
+            grad[s] += xw.grad[0, 0].cpu()
+        full = np.zeros(padded.shape, dtype=np.float32)
+        full[span] = grad.numpy()
+        inner = tuple(slice(b, size - a) for (b, a), size in zip(self.pads, padded.shape))
+        return full[inner]
+
 
 def region_probability(network: torch.nn.Module, class_index: int, region: np.ndarray, patch, overlap: float,
                        device="cpu") -> Callable[[np.ndarray], float]:

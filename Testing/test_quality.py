@@ -1,6 +1,6 @@
 """evaluate_map (every key in SCORES, JSON-able, groups and errors), the controls, the body mask and the removal
-baseline; the explain pipeline and the ``segxai explain`` CLI hook end to end on a tiny model (smoke tests: the
-scores themselves are checked against oracles in test_quality_*.py)."""
+baseline; Ctrl-C in ``segxai explain`` (the scores themselves are checked against oracles in test_quality_*.py,
+their wiring into explain_volume and the CLI in test_explaining.py)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ import torch
 
 from SegXAILib.errors import SegXAIError
 from SegXAILib.preprocessing import IntensityWindow
-from SegXAILib.quality import (DEFAULT_GROUPS, GROUPS, SCORES, body_region, control_maps, evaluate_map, plot_curves,
+from SegXAILib.quality import (DEFAULT_GROUPS, GROUPS, SCORES, body_region, control_maps, evaluate_map,
                                removal_baseline)
 from test_quality_faithfulness import linear_problem
 from test_tiling import oblique_ct, tiny_model
@@ -98,62 +98,12 @@ def test_removal_baseline_is_fat_on_the_card_window():
         removal_baseline(np.zeros((3, 3, 3)), None)
 
 
-def test_quality_and_sanity_through_explain_volume(tmp_path):
-    from SegXAILib.explaining import explain_volume
-    from SegXAILib.volume import Volume
-
-    model = tiny_model(tmp_path)
-    volume = Volume.from_sitk(oblique_ct())
-    result = explain_volume(volume, model, ["hirescam", "ig"], "liver", "whole", steps=4, device="cpu",
-                            quality=True, curve_steps=10, sanity=True)
-    for name in ("hirescam", "ig"):
-        assert len(result.methods[name].quality["curves"]["deletion"]) == 11
-    png = plot_curves({n: m.quality["curves"] for n, m in result.methods.items()}, tmp_path / "c.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(SegXAIError):
-        plot_curves({}, png)
-    json.dumps(result.to_json(), allow_nan=True)
-    with pytest.raises(SegXAIError, match="below the minimum"):
-        explain_volume(volume, model, ["hirescam"], "liver", "whole", device="cpu", quality=True, curve_steps=5)
-
-
 def _parser():
     from SegXAILib import cli_explain
 
     parser = argparse.ArgumentParser(prog="segxai")
     cli_explain.register(parser.add_subparsers(dest="command"))
     return parser
-
-
-def test_cli_writes_maps_report_and_refuses_overwrite(tmp_path, capsys):
-    from SegXAILib import cli_explain
-    from SegXAILib.volume import read_volume
-
-    tiny_model(tmp_path)
-    ct = tmp_path / "ct.nii.gz"
-    sitk.WriteImage(oblique_ct(), str(ct))
-    out = tmp_path / "out"
-    argv = ["explain", str(ct), "-o", str(out), "--methods", "gradcam,ig,lrp", "--target", "right kidney",
-            "--region", "whole", "--steps", "4", "--model", str(tmp_path / "tiny"), "--device", "cpu"]
-    args = _parser().parse_args(argv)
-    assert args.func(args) == 0
-    source = read_volume(ct)
-    for method in ("gradcam", "ig", "lrp"):
-        m = read_volume(out / f"ct_{method}_right-kidney.nrrd")
-        assert m.same_geometry(source, atol=1e-4) and m.array.dtype == np.float32
-    assert (out / "ct.seg.nrrd").exists() and (out / "ct_labels.nii.gz").exists()
-    assert (out / "ct_explain_curves.png").exists()
-    report = json.loads((out / "ct_explain.json").read_text())
-    assert report["target"]["class"] == "right kidney" and report["layer"] == "model.1"
-    assert report["peak_memory"]["max_rss_mib"] > 0
-    assert "completeness_error" in report["methods"]["ig"]["checks"]
-    assert "conservation_error" in report["methods"]["lrp"]["checks"]
-    assert len(report["methods"]["gradcam"]["quality"]["curves"]["deletion"]) == 11
-    assert not list(out.glob(".*partial*"))
-    with pytest.raises(SegXAIError, match="exists"):
-        args.func(_parser().parse_args(argv))
-    args = _parser().parse_args(argv + ["--overwrite", "--no-quality", "--methods", "hirescam"])
-    assert args.func(args) == 0
 
 
 def test_cli_ctrl_c_returns_130_and_writes_nothing(tmp_path, monkeypatch):

@@ -218,3 +218,19 @@ def test_noise_goes_only_on_the_imputed_voxels():
     assert np.std(diff[removed]) == pytest.approx(0.05, rel=0.15)
     with pytest.raises(SegXAIError, match="every voxel"):
         linear_imputation(image, np.ones(image.shape, bool))
+
+
+def test_a_baseline_that_removes_nothing_gives_no_normalised_auc():
+    image, baseline, w, region, score, truth = linear_problem()
+    c = deletion_insertion(score, image, image.copy(), truth, region, 10)  # "removing" puts the same values back
+    assert c["dynamic_range"] == pytest.approx(0.0, abs=1e-9)
+    assert np.isnan(c["deletion_auc_normalised"]) and np.isnan(c["insertion_auc_normalised"])
+    positive = np.abs(w)  # a score that removing the region really lowers
+
+    def positive_score(x):
+        return float(np.sum(positive * x, dtype=np.float64))
+
+    good = deletion_insertion(positive_score, image, baseline, positive * image, region, 10)
+    assert good["dynamic_range"] > 0.05 * good["score_original"]
+    expected = (good["deletion_auc"] - good["score_removed"]) / good["dynamic_range"]
+    assert good["deletion_auc_normalised"] == pytest.approx(expected)

@@ -53,3 +53,19 @@ def test_an_empty_region_or_a_wrong_grid_is_a_clear_error():
     region[5, 5, 5] = True
     with pytest.raises(SegXAIError, match="does not match"):
         region_probability(net, 1, region, (16, 16, 16), 0.5)(np.zeros((20, 20, 21), np.float32))
+
+
+def test_gradient_equals_autograd_through_monai_sliding_window():
+    from monai.inferers import sliding_window_inference
+
+    net = conv_net()
+    rng = np.random.default_rng(1)
+    shape = (30, 21, 12)
+    image = rng.random(shape).astype(np.float32)
+    region = np.zeros(shape, dtype=bool)
+    region[10:20, 5:16, 2:10] = True
+    x = torch.from_numpy(image)[None, None].requires_grad_(True)
+    logits = sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.5, mode="gaussian")
+    torch.softmax(logits[0], dim=0)[1][torch.from_numpy(region)].mean().backward()
+    ours = region_probability(net, 1, region, (16, 16, 16), 0.5).gradient(image)
+    assert np.allclose(ours, x.grad[0, 0].numpy(), atol=1e-7 + 1e-4 * float(x.grad.abs().max()))

@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--baselines", action="store_true", help="also measure the candidate removal baselines")
     parser.add_argument("--skip", default="", help="comma-separated score groups not to time")
+    parser.add_argument("--real-check", action="store_true",
+                        help="instead of timing: deletion/insertion and cascading randomisation (4 groups) of the "
+                             "liver score's gradient map against the random and edge controls")
     args = parser.parse_args()
 
     import numpy as np
@@ -88,6 +91,9 @@ def main() -> None:
                  probability=round(score(np.where(region, base, image).astype(np.float32)), 4),
                  original=round(original, 4))
 
+    if args.real_check:
+        real_check(model, score, image, region, window, args.steps)
+        return
     saliency = control_maps(image, region)["edge"]
     baseline = removal_baseline(image, window)
     body = body_region(image, window)
@@ -118,6 +124,41 @@ def main() -> None:
     emit(what="randomisation comparison (one cascade step, without its explanation)",
          seconds=round(time.perf_counter() - t, 2),
          note="each cascade step also costs one explanation of the method on the randomised model")
+
+
+def real_check(model, score, image, region, window, steps) -> None:
+    """Do the scores put a map of the model (gradient × input of the liver score) above the two controls?"""
+    import numpy as np
+    import torch
+
+    from SegXAILib.quality import cascading_randomisation, control_maps, evaluate_map, removal_baseline
+    from SegXAILib.rescoring import CroppedRegionScore
+
+    baseline = removal_baseline(image, window)
+    gradient = score.gradient(image)
+    maps = {"gradient x (input - baseline)": gradient * (image - baseline), **control_maps(image, region)}
+    for name, saliency in maps.items():
+        t = time.perf_counter()
+        out = evaluate_map(saliency, image=image, baseline=baseline, score=score, target_region=region, steps=steps,
+                           which=("localisation", "complexity", "deletion_insertion"))
+        emit(what="real check", map=name, seconds=round(time.perf_counter() - t, 1),
+             figures={k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()
+                      if not isinstance(v, list)})
+    liver = score.class_index
+
+    def gradient_map(net):
+        s = CroppedRegionScore(net, liver, region, model.card.patch, model.card.overlap, score.device)
+        return s.gradient(image) * (image - baseline)
+
+    example = torch.from_numpy(image[(None, None) + tuple(slice(0, p) for p in model.card.patch)].copy())
+    for name, fn, original in (("gradient x (input - baseline)", gradient_map, maps["gradient x (input - baseline)"]),
+                               ("edge", lambda net: maps["edge"], maps["edge"])):
+        t = time.perf_counter()
+        r = cascading_randomisation(model.network, fn, original, groups=4, example_input=example)
+        emit(what="cascading randomisation", map=name, seconds=round(time.perf_counter() - t, 1),
+             steps=[{k: (round(v, 3) if isinstance(v, float) else v) for k, v in st.items() if k != "layers"}
+                    | {"layers": f"{st['layers'][0]} .. {st['layers'][-1]} ({len(st['layers'])})"}
+                    for st in r["steps"]])
 
 
 if __name__ == "__main__":
