@@ -52,7 +52,8 @@ def body_region(image: np.ndarray, window, air_hu: float = AIR_HU) -> np.ndarray
     return body_mask(image, window.value_of(float(air_hu)) if window is not None else 0.0)
 
 
-#: every key ``evaluate_map`` can return: (plain name, what is good)
+#: every key ``evaluate_map`` can return, and the ``randomisation_*`` keys of ``cascading_randomisation``:
+#: (plain name, what is good)
 SCORES = {
     "localisation_against": ("what localisation is measured against: 'reference' label or model 'prediction'", "reference when one exists"),
     "energy_inside": ("share of the positive relevance inside the mask", "high"),
@@ -85,6 +86,10 @@ SCORES.update({
     "road_fractions": ("fractions of the target region's voxels removed at each ROAD step", "x axis"),
     "road_morf_curve": ("ROAD MoRF curve", "falls fast"),
     "road_lerf_curve": ("ROAD LeRF curve", "stays high"),
+    "randomisation_spearman": ("Spearman, on the union support, between the map and the map of the fully randomised model (Adebayo et al. 2018)", "low: the map depends on what the model learned"),
+    "randomisation_ssim": ("SSIM, on the union support, between the map and the fully randomised model's map", "low"),
+    "randomisation_spearman_abs": ("the randomisation Spearman on absolute values (signed maps)", "low"),
+    "randomisation_ssim_abs": ("the randomisation SSIM on absolute values (signed maps)", "low"),
     "faithfulness_correlation": ("faithfulness correlation (Bhatt et al. 2020): map sum vs score drop on random subsets", "high (1: the map predicts every drop)"),
 })
 

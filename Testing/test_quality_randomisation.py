@@ -93,6 +93,9 @@ def test_cascade_randomises_top_down_and_cumulatively_and_leaves_the_network_alo
     assert changed_per_step == [["head"], ["head", "middle"], ["head", "middle", "stem"]]
     assert [s["layers"] for s in result["steps"]] == [["head"], ["middle"], ["stem"]]
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    from SegXAILib.quality import SCORES
+
+    assert {k for k in result if k.startswith("randomisation_")} <= set(SCORES)
     # a gradient map of the trained net decorrelates once the model is random
     assert result["randomisation_spearman_abs"] < 0.5 and result["steps"][-1]["spearman"] < 0.5
 
