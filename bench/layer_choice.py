@@ -11,6 +11,7 @@ Prints one table row per model × layer × method (mean and minimum energy over 
 The bundled models were trained on all four patients, so these are training patients: say so with the figures.
 
     python bench/layer_choice.py --out bench/results/layer_choice.jsonl [--models segxai-resunet-3mm] [--cases A,C]
+    python bench/layer_choice.py --table bench/results/layer_choice.jsonl     # the Markdown table of BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -51,13 +52,42 @@ def reference_liver(case, volume, reference, pre) -> np.ndarray:
     return labels_on_grid(reference.like(mask), pre.grid) != 0
 
 
+def markdown(path: str) -> str:
+    """One Markdown table per model: energy in the reference liver per patient (× chance), per layer and method."""
+    rows = [json.loads(line) for line in open(path)]
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        patients = list(dict.fromkeys(r["patient"] for r in mine))
+        chance = {r["patient"]: r["chance"] for r in mine}
+        out.append(f"**{model}** (chance: the reference liver's share of the body, "
+                   + ", ".join(f"{p} {chance[p]:.2f}" for p in patients) + ")\n")
+        out.append("| layer | method | " + " | ".join(patients) + " | worst × chance | min. positive |")
+        out.append("|---|---|" + "---|" * (len(patients) + 2))
+        for layer in dict.fromkeys(r["layer"] for r in mine):
+            for method in ("hirescam", "gradcam"):
+                rs = {r["patient"]: r for r in mine if r["layer"] == layer and r["method"] == method}
+                if not rs:
+                    continue
+                cells = [f"{rs[p]['energy']:.2f}" if rs[p]["energy"] == rs[p]["energy"] else "empty" for p in patients]
+                worst = min((rs[p]["energy"] if rs[p]["energy"] == rs[p]["energy"] else 0.0) / chance[p] for p in patients)
+                out.append(f"| `{layer}` | {method} | " + " | ".join(cells) + f" | {worst:.1f} | "
+                           f"{min(r['positive'] for r in rs.values()):.3f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="segxai-resunet-3mm,segxai-transunet-3mm")
     ap.add_argument("--cases", default="", help="patients to use (A,B,C,D); default every labelled case")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="")
+    ap.add_argument("--table", default="", help="print the Markdown table of a results file and stop")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(args.table))
+        return 0
     torch.set_num_threads(args.threads)
     out = open(args.out, "a") if args.out else None
     for model_name in args.models.split(","):
