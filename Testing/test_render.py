@@ -328,17 +328,45 @@ def test_rendered_pictures_are_saved(rendered):
 
 
 # ---- the bundled sample through `segxai scene` ------------------------------------------------------
+def _drawn_threshold(display):
+    """From Slicer's own display node: below which |value| a map is not drawn (threshold or clear colour band)."""
+    if display.GetApplyThreshold():
+        return display.GetLowerThreshold()
+    table = display.GetColorNode().GetLookupTable()
+    n = table.GetNumberOfTableValues()
+    clear = [i for i in range(n) if table.GetTableValue(i)[3] == 0]
+    low, high = display.GetWindowLevelMin(), display.GetWindowLevelMax()
+    return low + (max(clear) + 1) / n * (high - low)  # upper edge of the clear band (the window is symmetric)
+
+
+def _neighbourhood(values, voxel):
+    """Min and max of the raw values over the 2x2x2 voxels an interpolated pixel reads."""
+    idx = np.floor(voxel).astype(int)
+    reads = []
+    for dk in (0, 1):
+        for dj in (0, 1):
+            for di in (0, 1):
+                k = np.clip(idx[..., 0] + dk, 0, values.shape[0] - 1)
+                j = np.clip(idx[..., 1] + dj, 0, values.shape[1] - 1)
+                i = np.clip(idx[..., 2] + di, 0, values.shape[2] - 1)
+                reads.append(values[k, j, i])
+    return np.min(reads, axis=0), np.max(reads, axis=0)
+
+
 @pytest.mark.slow
 def test_segxai_scene_of_the_sample_renders_without_veil(tmp_path, tmp_path_factory):
-    """The real thing: `segxai scene` on the bundled CT and model, the liver's middle slice drawn by Slicer."""
+    """The real thing: `segxai scene` on the bundled CT and model, the liver's middle slice drawn by Slicer.
+    Where a map is below what its display node draws, the picture equals the one without the map; where it
+    is well above, the map is drawn."""
     pytest.importorskip("slicer")
-    from render_views import require_renderer
+    from render_views import Renderer, require_renderer, save_png, side_by_side
 
     require_renderer()
-    from render_docs import pictures
-    from render_views import save_png
+    import slicer.util
+    from render_docs import liver_offset
 
     from SegXAILib import cli
+    from SegXAILib import scene as bridge
 
     sample = ROOT / "Resources" / "Samples" / "ct_totalseg_A.nii.gz"
     if not sample.exists() or not list((ROOT / "Resources" / "Models").glob("*/card.json")):
@@ -346,12 +374,36 @@ def test_segxai_scene_of_the_sample_renders_without_veil(tmp_path, tmp_path_fact
     out = tmp_path / "scene"
     assert cli.main(["scene", str(sample), "-o", str(out), "--methods", "gradcam", "ig", "--steps", "2",
                      "--device", "cpu"]) == 0
-    mrml = out / "ct_totalseg_A.mrml"
-    pics = pictures(mrml, 200)  # axial slice through the middle of the liver
+    r = Renderer((200, 200))
+    r.slice_view("Axial")
+    r.load(out / "ct_totalseg_A.mrml")
+    maps = {m.GetAttribute("SegXAI.Method"): m for m in bridge.segxai_nodes(r.scene, None, role="map")}
+    ct_node = r.scene.GetFirstNodeByName("ct_totalseg_A")
+    seg = bridge.segxai_nodes(r.scene, ct_node, role="segmentation")[0]
+    offset = liver_offset(r, seg, ct_node)
+
+    def draw(node):
+        bridge.show_overlay(ct_node, node, bridge.DEFAULT_OPACITY, r.scene)
+        for m in maps.values():
+            bridge.legend_of(m).SetVisibility(False)
+        return r.render_slice("Axial", offset)
+
+    base = draw(None)  # CT and outlines
+    voxel = pixel_voxels(r.slice_view("Axial"), bridge.ijk_to_ras(ct_node), base.shape)
+    inside = on_volume(voxel, np.array(slicer.util.arrayFromVolume(ct_node)).shape)
     keep = artefacts_dir(tmp_path_factory)
-    for key, pixels in pics.items():
-        save_png(pixels, keep / f"render_sample_{key}.png")
-    means = {k: float(v.mean()) for k, v in pics.items() if k != "3d"}
-    assert abs(means["ig"] - means["ct"]) < 3, means  # before the fix: 38.5 -> 103.4 on this slice
-    assert means["gradcam"] > means["ct"] + 1  # the CAM is drawn
-    assert diff(pics["outlines"], pics["ct"]).max() > 30  # outlines drawn
+    pictures = [base]
+    for method in ("gradcam", "ig"):
+        picture = draw(maps[method])
+        pictures.append(picture)
+        values = np.array(slicer.util.arrayFromVolume(maps[method]), dtype=np.float64)
+        edge = _drawn_threshold(maps[method].GetDisplayNode())
+        low, high = _neighbourhood(values, voxel)
+        quiet = inside & (np.maximum(np.abs(low), np.abs(high)) < 0.9 * edge)
+        loud = inside & ((low > 1.5 * edge) | (high < -1.5 * edge))  # all eight reads strong, of one sign
+        d = diff(picture, base)
+        assert quiet.mean() > 0.1, f"{method}: the check covers too little of the slice"
+        assert d[quiet].max() <= 1, f"{method} tints {np.mean(d[quiet] > 1):.0%} of the pixels it should leave alone"
+        if loud.any():
+            assert (d[loud] > 3).mean() > 0.8, f"{method} is not drawn where it is large"
+    save_png(side_by_side(*pictures), keep / "render_sample_ct_gradcam_ig.png")
