@@ -29,7 +29,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="LRP rules (composite: ε for dense layers, γ for convolutions, z^B at the input; αβ uses α=2, β=1)")
     p.add_argument("--lrp-epsilon", type=float, default=1e-6, help="LRP ε (stabiliser of the ε rule)")
     p.add_argument("--lrp-gamma", type=float, default=0.25, help="LRP γ (weight of positive contributions in the γ rule)")
-    p.add_argument("--occlusion-mm", type=float, default=18.0, help="occlusion cube edge in mm (default 18)")
+    p.add_argument("--occlusion-mm", type=float, default=48.0, help="occlusion cube edge in mm, cubes over the target's "
+                   "bounding box (default 48: about 160 segmentation passes' work on the bundled sample; 18 mm is a GPU job)")
     p.add_argument("--smooth", default="ig", help="the method SmoothGrad averages over noisy copies (default ig)")
     p.add_argument("--samples", type=int, default=8, help="SmoothGrad noisy copies (default 8)")
     p.add_argument("--sigma", type=float, default=0.15, help="SmoothGrad noise σ as a fraction of the image's range")

@@ -49,6 +49,9 @@ METHODS = {
     # (99.5th percentile of |value| 6.9 against 69): one shared window would hide IG, so each is its own family
     "ig": MethodInfo("Integrated Gradients", "ig", True, "target-score units", uses_layer=False),
     "lrp": MethodInfo("LRP", "lrp", True, "target-score units", uses_layer=False),
+    # occlusion: the drop of the target score when a patch is occluded; SmoothGrad: its inner method's units
+    "occlusion": MethodInfo("Occlusion", "occlusion", True, "target-score drop", uses_layer=False),
+    "smoothgrad": MethodInfo("SmoothGrad", "smoothgrad", True, "target-score units", uses_layer=False),
 }
 
 

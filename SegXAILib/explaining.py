@@ -23,6 +23,9 @@ from .pipeline import SegmentationResult, segment
 from .quality import DEFAULT_GROUPS
 from .scoring import MapScorer, beaten_by_controls, check_groups
 from .targets import RegionSpec, Target, make_target, parse_region
+
+#: the methods whose maps are ReLU'd, so non-negative
+CAMS = ("gradcam", "hirescam", "gradcampp")
 from .volume import Volume
 
 
@@ -41,8 +44,9 @@ class MethodResult:
 
     @property
     def signed(self) -> bool:
-        """IG and LRP maps keep both signs; the CAMs are ReLU'd (non-negative)."""
-        return self.method in ("ig", "lrp")
+        """IG, LRP and occlusion maps keep both signs; the CAMs (and SmoothGrad of a CAM) are non-negative."""
+        method = self.params.get("inner", self.method) if self.method == "smoothgrad" else self.method
+        return method not in CAMS
 
     @property
     def metadata(self) -> dict:
@@ -162,7 +166,7 @@ def explain_volume(
     scores: Sequence[str] = DEFAULT_GROUPS,
     lrp_epsilon: float = 1e-6,
     lrp_gamma: float = 0.25,
-    occlusion_mm: float = 18.0,
+    occlusion_mm: float = 48.0,
     smooth: str = "ig",
     samples: int = 8,
     sigma: float = 0.15,

@@ -15,7 +15,7 @@ METHODS = ("gradcam", "hirescam", "gradcampp", "ig", "lrp", "occlusion", "smooth
 
 def make_explainer(name: str, layer: str = "", steps: int = 32, baseline: str = "blur", lrp_rule: str = "composite",
                    alpha_batch: int | None = None, lrp_epsilon: float = 1e-6, lrp_gamma: float = 0.25,
-                   occlusion_mm: float = 18.0, occlusion_within_mm: float | None = 30.0, spacing=None,
+                   occlusion_mm: float = 48.0, occlusion_within_mm: float | None = 0.0, spacing=None,
                    smooth: str = "ig", samples: int = 8, sigma: float = 0.15) -> Explainer:
     """The explainer called ``name`` with its parameters (``layer`` for the CAMs, ``steps``/``baseline`` for IG,
     the LRP rule with ε and γ, the occlusion cube and area in mm, SmoothGrad's inner method, samples and σ)."""
