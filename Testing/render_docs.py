@@ -1,11 +1,12 @@
 """Render the pictures in ``docs/`` from a scene that ``segxai scene`` wrote, with Slicer's own views.
 
-    segxai scene Resources/Samples/ct_totalseg_A.nii.gz -o OUT --methods gradcam ig lrp --steps 8
+    segxai scene Resources/Samples/ct_totalseg_A.nii.gz -o OUT --methods hirescam ig lrp --steps 8
     python Testing/render_docs.py OUT/ct_totalseg_A.mrml docs --size 420
     (--restyle Resources/Models/<model>/card.json first rebuilds an older scene with today's display decisions)
 
-Writes ``render_gradcam_ct.png``, ``render_ig_ct.png``, ``render_lrp_ct.png``, ``render_segments_ct.png``,
-``render_3d.png`` and ``render_overview.png`` (CT alone | Grad-CAM | IG | outlines), and prints the mean
+Writes ``render_<cam>_ct.png`` (each CAM in the scene), ``render_ig_ct.png``, ``render_lrp_ct.png``,
+``render_segments_ct.png``, ``render_3d.png`` and ``render_overview.png`` (CT alone | the first CAM | IG |
+outlines), and prints the mean
 RGB of each axial picture (the measure of issue 15's finding 6: a veil raises it far above the CT's).
 Needs trame-slicer (see ``Testing/render_views.py``).
 """
@@ -146,11 +147,12 @@ def main(argv=None) -> int:
     if args.restyle:
         mrml = restyle(mrml, out / "restyled" / Path(mrml).name, args.restyle)
     pics = pictures(mrml, args.size)
-    for key, name in (("gradcam", "render_gradcam_ct"), ("ig", "render_ig_ct"), ("lrp", "render_lrp_ct"),
-                      ("outlines", "render_segments_ct"), ("3d", "render_3d")):
+    cams = [k for k in ("hirescam", "gradcam", "gradcampp") if k in pics]
+    for key, name in [(c, f"render_{c}_ct") for c in cams] + [("ig", "render_ig_ct"), ("lrp", "render_lrp_ct"),
+                                                             ("outlines", "render_segments_ct"), ("3d", "render_3d")]:
         if key in pics:
             save_png(pics[key], out / f"{name}.png")
-    row = [pics[k] for k in ("ct", "gradcam", "ig", "outlines") if k in pics]
+    row = [pics[k] for k in ["ct"] + cams[:1] + ["ig", "outlines"] if k in pics]
     save_png(side_by_side(*row), out / "render_overview.png")
     for key, pixels in pics.items():
         if key != "3d":
