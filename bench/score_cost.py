@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--baselines", action="store_true", help="also measure the candidate removal baselines")
     parser.add_argument("--skip", default="", help="comma-separated score groups not to time")
+    parser.add_argument("--patch", type=int, default=1, help="removal granularity: cubes of this many voxels a side")
+    parser.add_argument("--no-cascade", action="store_true", help="--real-check without the randomisation cascade")
     parser.add_argument("--real-check", action="store_true",
                         help="instead of timing: deletion/insertion and cascading randomisation (4 groups) of the "
                              "liver score's gradient map against the random and edge controls")
@@ -92,7 +94,7 @@ def main() -> None:
                  original=round(original, 4))
 
     if args.real_check:
-        real_check(model, score, image, region, window, args.steps)
+        real_check(model, score, image, region, window, args.steps, args.patch, not args.no_cascade)
         return
     saliency = control_maps(image, region)["edge"]
     baseline = removal_baseline(image, window)
@@ -126,7 +128,7 @@ def main() -> None:
          note="each cascade step also costs one explanation of the method on the randomised model")
 
 
-def real_check(model, score, image, region, window, steps) -> None:
+def real_check(model, score, image, region, window, steps, patch=1, cascade=True) -> None:
     """Do the scores put a map of the model (gradient × input of the liver score) above the two controls?"""
     import numpy as np
     import torch
@@ -140,10 +142,12 @@ def real_check(model, score, image, region, window, steps) -> None:
     for name, saliency in maps.items():
         t = time.perf_counter()
         out = evaluate_map(saliency, image=image, baseline=baseline, score=score, target_region=region, steps=steps,
-                           which=("localisation", "complexity", "deletion_insertion"))
-        emit(what="real check", map=name, seconds=round(time.perf_counter() - t, 1),
+                           which=("localisation", "complexity", "deletion_insertion"), patch=patch)
+        emit(what="real check", map=name, patch=patch, seconds=round(time.perf_counter() - t, 1),
              figures={k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()
                       if not isinstance(v, list)})
+    if not cascade:
+        return
     liver = score.class_index
 
     def gradient_map(net):
