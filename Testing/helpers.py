@@ -33,26 +33,54 @@ def tiny_model_folder(folder, architecture: str = "residual_unet", seed: int = 0
     return save_model(build_network(card), card, folder)
 
 
-def import_pytorch_grad_cam():
-    """pytorch-grad-cam imports torchvision for image helpers these tests do not use; only CUDA torchvision
-    builds exist here, so a stand-in module satisfies those imports. The CAM formulas are pytorch-grad-cam's own."""
+def torchvision_standin() -> None:
+    """A stand-in ``torchvision`` for the test oracles that import it for parts these tests never use
+    (pytorch-grad-cam's image helpers, zennit's ResNet canonizers, quantus through zennit): only CUDA builds of
+    torchvision exist, and installing one would replace the CPU torch. One stand-in for every test, completed
+    if another is already there, never over the real package."""
     import sys
     import types
 
+    from torch import nn
+
+    tv = sys.modules.get("torchvision")
+    if tv is None:
+        try:
+            import torchvision  # noqa: F401  (the real one, where it works)
+            return
+        except Exception:
+            for name in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+                del sys.modules[name]
+            tv = types.ModuleType("torchvision")
+    elif getattr(tv, "__file__", None):
+        return
+    sys.modules["torchvision"] = tv
+
+    def sub(parent, name):
+        full = f"{parent.__name__}.{name}"
+        module = sys.modules.get(full) or getattr(parent, name, None) or types.ModuleType(full)
+        setattr(parent, name, module)
+        sys.modules[full] = module
+        return module
+
+    transforms = sub(tv, "transforms")
+    for name in ("Compose", "Normalize", "ToTensor"):
+        if not hasattr(transforms, name):
+            setattr(transforms, name, object)
+    functional = sub(transforms, "functional")
+    functional.resize = getattr(functional, "resize", None)
+    ops = sub(tv, "ops")
+    ops.box_iou = getattr(ops, "box_iou", None)
+    resnet = sub(sub(tv, "models"), "resnet")
+    for name in ("Bottleneck", "BasicBlock"):
+        if not hasattr(resnet, name):
+            setattr(resnet, name, type(name, (nn.Module,), {}))
+
+
+def import_pytorch_grad_cam():
+    """pytorch-grad-cam, its torchvision imports met by ``torchvision_standin``; the CAM formulas are its own."""
     import pytest
 
     pytest.importorskip("cv2")
-    if "torchvision" not in sys.modules:
-        try:
-            import torchvision  # noqa: F401
-        except Exception:
-            tv = types.ModuleType("torchvision")
-            tv.transforms = types.ModuleType("torchvision.transforms")
-            tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-            for name in ("Compose", "Normalize", "ToTensor"):
-                setattr(tv.transforms, name, object)
-            tv.transforms.functional.resize = None
-            tv.ops = types.ModuleType("torchvision.ops")
-            sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                                "torchvision.transforms.functional": tv.transforms.functional, "torchvision.ops": tv.ops})
+    torchvision_standin()
     return pytest.importorskip("pytorch_grad_cam")

@@ -21,15 +21,11 @@ torch.set_num_threads(1)
 
 
 def _zennit():
-    """zennit with a stand-in for torchvision: zennit imports it only for its torchvision canonizers (ResNet
-    blocks), which these tests do not use; the real torchvision cannot be installed beside this CPU torch."""
-    if "torchvision" not in sys.modules:
-        tv = types.ModuleType("torchvision")
-        tv.models = types.ModuleType("torchvision.models")
-        tv.models.resnet = types.ModuleType("torchvision.models.resnet")
-        tv.models.resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
-        tv.models.resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
-        sys.modules.update({"torchvision": tv, "torchvision.models": tv.models, "torchvision.models.resnet": tv.models.resnet})
+    """zennit, with ``helpers.torchvision_standin`` for the torchvision canonizers (ResNet blocks) it imports and
+    these tests do not use; the real torchvision cannot be installed beside this CPU torch."""
+    from helpers import torchvision_standin
+
+    torchvision_standin()
     return pytest.importorskip("zennit")
 
 
