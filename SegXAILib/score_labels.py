@@ -29,6 +29,8 @@ LABELS = {
     "faithfulness_correlation": ("Faithfulness correlation", "higher is better: removing voxels with more relevance lowers the prediction more (−1 to 1)"),
     "randomisation_spearman": ("Similarity after randomising the model (rank)", "near 0 is good: the map changes when the model's weights are randomised (sanity check)"),
     "randomisation_ssim": ("Similarity after randomising the model (SSIM)", "near 0 is good: the map changes when the model's weights are randomised (sanity check)"),
+    "randomisation_spearman_abs": ("Similarity after randomising the model (rank, |map|)", "near 0 is good: the map's magnitudes change when the model's weights are randomised"),
+    "randomisation_ssim_abs": ("Similarity after randomising the model (SSIM, |map|)", "near 0 is good: the map's magnitudes change when the model's weights are randomised"),
     "completeness_error": ("Completeness error", "near 0 is good: the attributions add up to the change in the model's output"),
     "conservation_error": ("Conservation error", "near 0 is good: LRP relevance is conserved from output to input"),
     "gini_sparseness": ("Sparseness (Gini)", "higher means a more focused map (0 = spread evenly, 1 = a single voxel)"),

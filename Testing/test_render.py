@@ -59,7 +59,8 @@ def test_legend_text_names_method_class_unit_region_and_layer():
     assert "target-score units" in sub and "layer" not in sub
     text = look.description("ig", "liver", "predicted", None, "segxai-transunet-3mm", scale="family")
     assert "Integrated Gradients" in text and "'liver'" in text and "segxai-transunet-3mm" in text and "negative" in text
-    assert look.legend_title("occlusion", "liver") == "occlusion: liver"  # unknown methods keep their name
+    assert look.legend_title("mymethod", "liver") == "mymethod: liver"  # unknown methods keep their name
+    assert look.legend_title("occlusion", "liver") == "Occlusion: liver"
 
 
 def test_common_windows_per_family_and_per_map():

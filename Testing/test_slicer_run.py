@@ -108,8 +108,8 @@ def test_child_process_segments_and_parent_loads(tmp_path):
 
 
 # ---- scores reach the table (finding 8) ------------------------------------------------------------
-def test_scores_rows_flatten_nested_deletion_insertion_with_plain_names():
-    """The report's quality holds the deletion/insertion AUCs in a nested dict; the table must show them."""
+def test_scores_rows_show_deletion_insertion_with_plain_names():
+    """The report's quality holds the deletion/insertion AUCs beside their curves; the table must show the AUCs."""
     from SegXAILib import quality
     from SegXAILib.explaining import MethodResult
 
@@ -118,17 +118,19 @@ def test_scores_rows_flatten_nested_deletion_insertion_with_plain_names():
     saliency = np.abs(image)
     region = np.zeros(image.shape, bool)
     region[1:3, 1:4, 2:5] = True
-    curves = quality.deletion_insertion(lambda x: float(np.abs(x)[region].mean()), image, np.zeros_like(image), saliency, 10)
-    scores = {"energy_inside": quality.energy_inside(saliency, region), "pointing_game": quality.pointing_game(saliency, region),
-              "curves": curves}
+    scores = quality.evaluate_map(saliency, image=image, baseline=np.zeros_like(image),
+                                  score=lambda x: float(np.abs(x)[region].mean()), target_region=region, steps=10,
+                                  which=("localisation", "deletion_insertion"))
     result = MethodResult(method="ig", map=Volume(saliency, np.eye(4)), model_map=saliency, params={"steps": 8},
                           seconds=0.1, checks={"totals": {"score": 1.0}, "completeness_error": 0.02}, quality=scores)
     (row,) = slicer_run.scores_rows(slicer_run.normalise_maps([result]))
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy's own integral, not quality.auc
-    assert row["Deletion AUC"] == pytest.approx(trapezoid(curves["deletion"], curves["fractions"]))
-    assert row["Insertion AUC"] == pytest.approx(trapezoid(curves["insertion"], curves["fractions"]))
-    peak_inside = bool(region.flat[int(np.argmax(saliency))])
-    assert row["Peak inside the target"] == int(peak_inside)
+    assert row["Deletion AUC"] == pytest.approx(trapezoid(scores["deletion_curve"], scores["curve_fractions"]))
+    assert row["Insertion AUC"] == pytest.approx(trapezoid(scores["insertion_curve"], scores["curve_fractions"]))
+    from scipy.ndimage import distance_transform_edt
+
+    peak = np.unravel_index(int(np.argmax(saliency)), saliency.shape)  # within 5 mm (1 mm voxels) of the region?
+    assert row["Peak inside the target"] == int(distance_transform_edt(~region)[peak] <= scores["pointing_game_tolerance_mm"])
     assert row["Relevance inside the target"] == pytest.approx(saliency[region].sum() / saliency.sum())
     assert row["Completeness error"] == 0.02 and row["Method"] == "ig" and row["Signed"] is True
     assert not any(isinstance(v, (list, dict)) for v in row.values()), "curves and totals are not table cells"
