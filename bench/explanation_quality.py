@@ -41,13 +41,30 @@ HIGHER = {"energy_inside": True, "relevance_rank_accuracy": True, "deletion_auc"
 
 
 def maps_for(model, pre, liver, region, methods, layer, steps, seconds):
-    """Each method's model-grid map of the predicted liver (and the seconds it took)."""
+    """Each method's model-grid map of the predicted liver (and the seconds it took); the CAMs at ``layer`` share
+    one forward/backward pass per window (``gradcam.layer_passes``), the rest run as ``segxai explain`` runs them."""
+    from SegXAILib.explainers.gradcam import layer_passes
+    from SegXAILib.explainers.ig import make_baseline
+    from SegXAILib.explainers.tiling import Tiles
+
     out = {}
     net, card = model.network, model.card
-    from SegXAILib.explainers.ig import make_baseline
-
     blur = make_baseline(pre.image, "blur")
+    cams = [m for m in methods if make_explainer(m, layer).uses_layer and m != "smoothgrad"]
+    if cams:
+        t = time.perf_counter()
+        tiles = Tiles(net, pre.image, liver, region, card.patch, card.overlap, "cpu")
+        (acts, grads), score = (lambda p: (p[0][layer], p[1]))(layer_passes(tiles, [layer]))
+        shared = time.perf_counter() - t
+        for name in cams:
+            t = time.perf_counter()
+            padded, _ = make_explainer(name, layer).assemble(tiles, acts, grads, score)
+            out[name] = tiles.crop(padded)
+            seconds[name] = round(shared + time.perf_counter() - t, 1)
+        del acts, grads
     for name in methods:
+        if name in out:
+            continue
         explainer = make_explainer(name, layer, steps)
         t = time.perf_counter()
         out[name], _ = explain_tiled(explainer, net, pre.image, liver, region, card.patch, card.overlap, "cpu",
