@@ -23,10 +23,10 @@ from .pipeline import SegmentationResult, segment
 from .quality import DEFAULT_GROUPS
 from .scoring import MapScorer, beaten_by_controls, check_groups
 from .targets import RegionSpec, Target, make_target, parse_region
+from .volume import Volume
 
 #: the methods whose maps are ReLU'd, so non-negative
 CAMS = ("gradcam", "hirescam", "gradcampp")
-from .volume import Volume
 
 
 @dataclass
