@@ -20,7 +20,7 @@ from .explainers.tiling import explain_tiled, resolve_precision
 from .inference import CancelToken, ProgressFn, choose_device
 from .models.store import LoadedModel
 from .pipeline import SegmentationResult, segment
-from .quality import DEFAULT_GROUPS
+from .quality import DEFAULT_GROUPS, removal_baseline
 from .scoring import MapScorer, beaten_by_controls, check_groups
 from .targets import RegionSpec, Target, make_target, parse_region
 from .volume import Volume
@@ -208,6 +208,7 @@ def explain_volume(
     target = make_target(card, target, spec, pre, predicted)  # the class name becomes a Target
     del predicted
     base = make_baseline(pre.image, baseline, model.preprocessing.window)
+    removal = removal_baseline(pre.image, model.preprocessing.window)
     scorer = None
     if (quality or sanity) and not target.is_empty:
         scorer = MapScorer(model, pre, target, device, reference, scores, curve_steps, seed, progress)
@@ -216,10 +217,11 @@ def explain_volume(
     for name, explainer in explainers.items():
         used = resolve_precision(precision, device, explainer)
         t = time.perf_counter()
-        needs_baseline = name in ("ig", "occlusion") or (name == "smoothgrad" and smooth == "ig")
+        # IG integrates from the blur (completeness holds there); occlusion fills a patch with fat, which removes
+        # the information (quality.REMOVAL_HU), where the blur leaves most of the liver's probability
+        method_base = {"ig": base, "occlusion": removal}.get(name, base if name == "smoothgrad" and smooth == "ig" else None)
         model_map, totals = explain_tiled(explainer, net, pre.image, target.class_value, target.region, card.patch,
-                                          card.overlap, device, base if needs_baseline else None, progress, cancel, name,
-                                          used)
+                                          card.overlap, device, method_base, progress, cancel, name, used)
         checks = {"totals": totals}
         if name == "ig" and totals:
             checks["completeness_error"] = completeness_error(totals)
@@ -228,9 +230,9 @@ def explain_volume(
         elapsed = time.perf_counter() - t
         found = scorer.scores(model_map, name) if scorer is not None and quality else {}
         if sanity and scorer is not None:
-            def explain_fn(clone, explainer=explainer, needs_baseline=needs_baseline, name=name):
+            def explain_fn(clone, explainer=explainer, method_base=method_base, name=name):
                 return explain_tiled(explainer, clone, pre.image, target.class_value, target.region, card.patch,
-                                     card.overlap, device, base if needs_baseline else None, progress, cancel,
+                                     card.overlap, device, method_base, progress, cancel,
                                      f"{name}: randomised model", used)[0]
             found.update(scorer.randomisation(net, explain_fn, model_map, randomisation_groups))
         warnings = cam_warnings(name, layer, totals, card, net)
