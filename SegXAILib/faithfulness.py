@@ -124,6 +124,10 @@ def deletion_insertion(score: ScoreFn, image: np.ndarray, baseline: np.ndarray, 
     region replaced and puts the top voxels back. Outside the region the image is untouched. Also returned: the
     score at 0 % and 100 % deletion and their difference (the curve's dynamic range; a baseline that leaves the
     model's answer unchanged gives a range near 0 and curves that say nothing).
+
+    Caveat for segmentation: a removed voxel of the region also loses its own class probability, so a scattered
+    (random) removal order falls fast too; judge deletion against the random control, and insertion with it
+    (``bench/score_cost.py --real-check`` measures both on the bundled sample).
     """
     steps = check_steps(steps)
     region = check_inputs(saliency, region, image, baseline)
