@@ -8,8 +8,6 @@ images, which the neighbour-mean equations reproduce exactly.
 """
 from __future__ import annotations
 
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -155,32 +153,11 @@ def test_road_ranks_the_true_map_above_shuffled_and_random():
 
 
 def import_quantus():
-    """quantus imports zennit when it is installed, and zennit imports torchvision (only CUDA builds exist, so it
-    cannot be installed here) for ResNet canonizers no test uses: a stand-in with the two names it imports, added
-    to the stand-in ``helpers.import_pytorch_grad_cam`` makes (with that one's names too, whichever runs first)."""
-    tv = sys.modules.get("torchvision")
-    if tv is None:
-        try:
-            import torchvision as tv  # noqa: F401
-        except Exception:
-            tv = types.ModuleType("torchvision")
-            sys.modules["torchvision"] = tv
-    if getattr(tv, "__file__", None) is None:  # a stand-in: give it what quantus/zennit and pytorch-grad-cam import
-        if not hasattr(tv, "models"):
-            tv.models = types.ModuleType("torchvision.models")
-            tv.models.resnet = types.ModuleType("torchvision.models.resnet")
-            tv.models.resnet.Bottleneck = type("Bottleneck", (), {})
-            tv.models.resnet.BasicBlock = type("BasicBlock", (), {})
-            sys.modules.update({"torchvision.models": tv.models, "torchvision.models.resnet": tv.models.resnet})
-        if not hasattr(tv, "transforms"):
-            tv.transforms = types.ModuleType("torchvision.transforms")
-            tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-            for name in ("Compose", "Normalize", "ToTensor"):
-                setattr(tv.transforms, name, object)
-            tv.transforms.functional.resize = None
-            tv.ops = types.ModuleType("torchvision.ops")
-            sys.modules.update({"torchvision.transforms": tv.transforms, "torchvision.ops": tv.ops,
-                                "torchvision.transforms.functional": tv.transforms.functional})
+    """quantus, after ``helpers.torchvision_standin`` (quantus imports zennit where it is installed, and zennit
+    imports torchvision, of which only CUDA builds exist, for ResNet canonizers no test uses)."""
+    from helpers import torchvision_standin
+
+    torchvision_standin()
     return pytest.importorskip("quantus")
 
 
