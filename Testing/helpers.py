@@ -33,6 +33,20 @@ def tiny_model_folder(folder, architecture: str = "residual_unet", seed: int = 0
     return save_model(build_network(card), card, folder)
 
 
+def bn_net():
+    """A small real conv net whose norm behaves alike in one pass and in windows (eval batch norm with set
+    statistics), with a strided conv and its transpose: the tiled-equals-single-graph oracle tests' network."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(), nn.Conv3d(6, 6, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.ConvTranspose3d(6, 6, 2, stride=2), nn.ReLU(), nn.Conv3d(6, 3, 1))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
 def torchvision_standin() -> None:
     """A stand-in ``torchvision`` for the test oracles that import it for parts these tests never use
     (pytorch-grad-cam's image helpers, zennit's ResNet canonizers, quantus through zennit): only CUDA builds of

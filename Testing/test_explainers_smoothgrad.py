@@ -16,6 +16,8 @@ from SegXAILib.explainers import GradCAM, IntegratedGradients
 from SegXAILib.explainers.smoothgrad import SmoothGrad
 from SegXAILib.explainers.tiling import explain_tiled
 
+from helpers import bn_net
+
 torch.set_num_threads(1)
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -23,14 +25,6 @@ captum_attr = pytest.importorskip("captum.attr")
 PATCH, OVERLAP, SHAPE, CLASS = (8, 8, 8), 0.5, (14, 13, 7), 1
 
 
-def bn_net():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(), nn.Conv3d(6, 6, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.ConvTranspose3d(6, 6, 2, stride=2), nn.ReLU(), nn.Conv3d(6, 3, 1))
-    with torch.no_grad():
-        net[1].running_mean.uniform_(-0.2, 0.2)
-        net[1].running_var.uniform_(0.5, 1.5)
-    return net.eval()
 
 
 def problem():

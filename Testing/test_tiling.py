@@ -16,7 +16,7 @@ from SegXAILib.explainers.ig import completeness_error
 from SegXAILib.explainers.tiling import explain_tiled, window_starts
 from SegXAILib.inference import sliding_window_logits
 
-from helpers import import_pytorch_grad_cam
+from helpers import bn_net, import_pytorch_grad_cam
 
 torch.set_num_threads(1)
 
@@ -69,15 +69,6 @@ def test_whole_volume_ig_completeness_across_windows():
 PATCH, OVERLAP, SHAPE = (8, 8, 8), 0.5, (14, 13, 12)
 
 
-def bn_net():
-    """A real convolutional net whose norm behaves alike in one pass and in windows (eval batch norm)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(), nn.Conv3d(6, 6, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.ConvTranspose3d(6, 6, 2, stride=2), nn.ReLU(), nn.Conv3d(6, 3, 1))
-    with torch.no_grad():
-        net[1].running_mean.uniform_(-0.2, 0.2)
-        net[1].running_var.uniform_(0.5, 1.5)
-    return net.eval()
 
 
 def problem():
