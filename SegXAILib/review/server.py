@@ -1,0 +1,191 @@
+"""The ``segxai review`` server: a trame-slicer application (Slicer's slice and 3D views, streamed to the
+browser) showing the cases of one results folder.
+
+Safety: binds to 127.0.0.1 unless told otherwise; any other interface needs a token that the URL carries
+(then kept in an HTTP-only cookie); no route serves the results folder (the views are pictures the server draws);
+the scenes are built in a private temporary folder, so the results folder is only read.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..errors import SegXAIError
+from . import folder as results
+from .page import build_ui, scores_table
+from .session import CaseScene, build_scene_file, map_entries, new_work_dir
+
+TOKEN_COOKIE = "segxai_review_token"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.1, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_middleware(token: str):
+    """aiohttp middleware: a request passes with ``?token=`` or the cookie it sets; anything else gets 403."""
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request, handler):
+        given = request.query.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.Response(status=403, text="segxai review: this page needs the token its URL carries\n")
+        response = await handler(request)
+        if request.query.get("token") and hasattr(response, "set_cookie"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
+
+    return check
+
+
+class ReviewApp:
+    """The cases of one folder in one trame-slicer application."""
+
+    def __init__(self, out_dir, ct: Optional[str] = None, token: Optional[str] = None, server_name: str = "segxai-review"):
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        self.folder = Path(out_dir).resolve()
+        self.cases = {c.stem: c for c in results.find_cases(self.folder, ct)}
+        self.token = token
+        self.work = new_work_dir()
+        self.server = get_server(server_name, client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.app = SlicerApp()
+        self._register_missing_node_classes()
+        register_rca_factories(self.app.view_manager, self.server, rca_encoder="png",
+                               slice_view_ui_f=lambda *a: None, three_d_view_ui_f=lambda *a: None)
+        self.layout = LayoutManager(self.app.scene, self.app.view_manager, self.server)
+        self.layout.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.current: Optional[CaseScene] = None
+        state = self.server.state
+        state.trame__title = "SegXAI review"
+        state.cases = list(self.cases)
+        state.case_name = state.cases[0]
+        build_ui(self.server, self.layout, f"SegXAI review — {self.folder.name}")
+        self.layout.set_layout("Quad View")
+        self.load_case(state.case_name)
+        state.change("case_name")(self._on_case)
+        state.change("method", "opacity", "faint")(self._on_display)
+        if token:
+            self.server.controller.on_server_bind.add(self._protect)
+
+    def _register_missing_node_classes(self) -> None:
+        """Colour legends: a node class Slicer's module logics register and trame-slicer's app does not."""
+        import slicer
+
+        maker = getattr(slicer, "vtkMRMLColorLegendDisplayNode", None)
+        if maker is not None and not self.app.scene.GetClassNameByTag(maker().GetNodeTagName()):
+            self.app.scene.RegisterNodeClass(maker())
+
+    def _protect(self, wslink_server) -> None:
+        wslink_server.app.middlewares.append(token_middleware(self.token))
+
+    # ---- cases and controls -------------------------------------------------------------------
+    def load_case(self, stem: str) -> None:
+        """Build the case's scene (private folder), import it into the views' scene, show its first map."""
+        from .. import display as look
+
+        if stem not in self.cases:  # the page can only name a case of this folder
+            raise SegXAIError(f"no case {stem!r} in {self.folder}")
+        case = self.cases[stem]
+        entries = map_entries(case)
+        mrml = build_scene_file(case, Path(self.work.name) / stem)
+        scene = self.app.scene
+        if self.current is not None:
+            for node in [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]:
+                if node.GetAttribute("SegXAI.Role") or node is self.current.ct_node:
+                    scene.RemoveNode(node)
+        scene.SetURL(str(mrml))
+        if not scene.Import():
+            raise SegXAIError(f"could not load the scene of {stem}")
+        self.current = CaseScene(scene, case, entries)
+        state = self.server.state
+        state.methods = [{"name": m, "title": look.method_info(m).title} for m in self.current.methods]
+        state.about = [{"name": k, "text": v} for k, v in case.describe().items() if v]
+        state.notes = "; ".join(case.notes)
+        state.method = self.current.method or ""
+        self._on_display(method=state.method, opacity=state.opacity or look.DEFAULT_OPACITY,
+                         faint=state.faint if state.faint is not None else look.FAINT)
+        for view in self.app.view_manager.get_views():
+            self._fit_on_resize(view)
+            view.fit_view_to_content()
+            view.schedule_render()
+
+    def _fit_on_resize(self, view) -> None:
+        """Fit the view to the case again whenever the browser gives it a new size (the first size arrives only
+        once the page is drawn), so the whole CT is in sight."""
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        interactor = view.render_window().GetInteractor()  # trame-rca's window sends its resizes through it
+        if interactor is None or getattr(view, "_segxai_fits", False):
+            return
+
+        def refit(*_):
+            view.fit_view_to_content()
+            view.schedule_render()
+
+        interactor.AddObserver(vtkCommand.WindowResizeEvent, refit, -1.0)  # after the view's own resize handling
+        view._segxai_fits = True
+
+    def _on_case(self, case_name, **_):
+        if self.current is None or case_name != self.current.case.stem:
+            self.load_case(case_name)
+
+    def _on_display(self, method=None, opacity=None, faint=None, **_):
+        current = self.current
+        if current is None:
+            return
+        if method not in current.map_nodes:
+            method = current.method
+        current.show(method, opacity, faint)
+        state = self.server.state
+        state.legend = current.legend()
+        state.scores = scores_table(current.entries[current.method][1]) if current.method else []
+        for view in self.app.view_manager.get_views():
+            view.schedule_render()
+
+    # ---- serving --------------------------------------------------------------------------------
+    def url(self, host: str, port: int) -> str:
+        """The address to open: on every interface (0.0.0.0, ::) this machine's name, with the token if any."""
+        import socket
+
+        shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        return f"http://{shown}:{port}/" + (f"?token={self.token}" if self.token else "")
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0, announce=print) -> None:
+        """Serve until interrupted; ``announce`` gets the URL once the server listens."""
+        def ready(**_):
+            announce(self.url(host, self.server.port))
+            sys.stdout.flush()
+
+        self.server.controller.on_server_ready.add(ready)
+        argv, sys.argv = sys.argv, sys.argv[:1]  # trame parses the process's arguments: give it none of ours
+        try:
+            self.server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
+        finally:
+            sys.argv = argv
+            self.work.cleanup()
+
+
+def choose_token(host: str, token: Optional[str]) -> Optional[str]:
+    """The token to require: the one given; a new random one for a non-loopback host; None on loopback."""
+    if token:
+        if len(token) < 16:
+            raise SegXAIError("--token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        return token
+    return None if is_loopback(host) else secrets.token_urlsafe(24)

@@ -1,0 +1,104 @@
+"""One review case as a Slicer scene: built by :func:`SegXAILib.scene.show_results` (the same display decisions
+as the Slicer module and ``segxai scene``), saved to a private temporary folder, never into the results folder.
+
+The page changes the scene only through :class:`CaseScene` (method, opacity, threshold), which calls the scene
+bridge's own functions, so what the browser shows is what Slicer would show.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .. import display as look
+from ..errors import SegXAIError
+from .folder import Case, segment_classes
+
+#: CT window of the views (abdomen), as ``segxai scene`` sets it
+CT_WINDOW = (-160.0, 240.0)
+
+
+def map_entries(case: Case) -> list:
+    """``(name, Volume, metadata, signed)`` per map of the case, metadata carrying the report's scores and checks."""
+    from ..volume import read_volume
+
+    layer = case.report.get("layer") or ""
+    out = []
+    for method, path in case.maps.items():
+        entry = case.report["methods"].get(method) or {}
+        info = look.method_info(method)
+        meta = {"method": method, "layer": layer if info.uses_layer else "", "scores": entry.get("quality") or {},
+                "checks": entry.get("checks") or {}}
+        out.append((method, read_volume(path), meta, info.signed))
+    return out
+
+
+def build_scene_file(case: Case, work_dir) -> Path:
+    """The case's scene as ``<work_dir>/<stem>.mrml`` (CT, segments with 3D surfaces, every map styled)."""
+    from .. import scene as bridge
+    from ..volume import read_volume
+
+    if case.ct is None:
+        raise SegXAIError(f"the CT of {case.stem} was not found (not in the folder, report input missing); "
+                          f"give it with --ct FILE")
+    ct = read_volume(case.ct)
+    labels = read_volume(case.labels) if case.labels is not None else None
+    bridge.new_headless_scene()
+    node = bridge.add_volume_node(ct, case.stem)
+    node.GetDisplayNode().AutoWindowLevelOff()
+    node.GetDisplayNode().SetWindowLevelMinMax(*CT_WINDOW)
+    provenance = {"model": case.report.get("model"), "target_class": case.target_class,
+                  "region": (case.report.get("target") or {}).get("region")}
+    bridge.show_results(node, labels, segment_classes(case) if labels is not None else [], map_entries(case),
+                        provenance, show_3d=labels is not None)
+    return bridge.save_scene(Path(work_dir) / f"{case.stem}.mrml")
+
+
+class CaseScene:
+    """The loaded case inside the trame-slicer application's scene, and the page's controls acting on it."""
+
+    def __init__(self, scene, case: Case, entries: list):
+        from .. import scene as bridge
+
+        self.bridge, self.scene, self.case = bridge, scene, case
+        self.ct_node = scene.GetFirstNodeByName(case.stem)
+        self.map_nodes = {n.GetAttribute("SegXAI.Method"): n for n in bridge.segxai_nodes(scene, self.ct_node, role="map")}
+        self.entries = {name: (volume, meta, signed) for name, volume, meta, signed in entries}
+        self.windows = look.common_windows([(n, m["method"], v.array, s) for n, (v, m, s) in self.entries.items()],
+                                           "family")
+        self.methods = [m for m in case.maps if m in self.map_nodes]
+        self.method = self.methods[0] if self.methods else None
+        self.opacity = look.DEFAULT_OPACITY
+        self.faint = look.FAINT
+
+    def style(self, method: str):
+        volume, meta, signed = self.entries[method]
+        return look.map_style(volume.array, method, signed, target_class=self.case.target_class,
+                              region=(self.case.report.get("target") or {}).get("region"), layer=meta.get("layer"),
+                              window=self.windows[method], scale="family", opacity=self.opacity, faint=self.faint)
+
+    def show(self, method=None, opacity=None, faint=None) -> None:
+        """Show ``method``'s map over the CT at ``opacity``, hiding values below ``faint`` of the window top."""
+        if method is not None:
+            if method not in self.map_nodes:
+                raise SegXAIError(f"no map {method!r} in this case; choose one of {', '.join(self.methods)}")
+            self.method = method
+        if opacity is not None:
+            self.opacity = min(max(float(opacity), 0.0), 1.0)
+        if faint is not None:
+            self.faint = min(max(float(faint), 0.0), 1.0)
+        node = self.map_nodes.get(self.method)
+        if node is not None:
+            self.bridge.apply_map_style(node, self.style(self.method), self.scene)
+        self.bridge.show_overlay(self.ct_node, node, self.opacity, self.scene)
+
+    def legend(self) -> str:
+        if self.method is None:
+            return ""
+        style = self.style(self.method)
+        low, high = style.window
+        return f"{style.title}\n{style.subtitle}\ncolour scale {low:.3g} to {high:.3g} ({style.scale})"
+
+
+def new_work_dir() -> tempfile.TemporaryDirectory:
+    """A private folder for the scene files (outside the results folder, removed when the server stops)."""
+    return tempfile.TemporaryDirectory(prefix="segxai-review-")

@@ -1,0 +1,422 @@
+"""``segxai review``: the results folder in a real headless Chromium, drawn by Slicer's views (trame-slicer).
+
+Oracles from outside the code under test: the report JSON written beside the maps (scores shown must equal
+it), the rendered page's pixels (the map's colours inside the liver box, the CT's grey elsewhere, a method switch
+changing the overlay), the HTTP answers of the running server (traversal and token), and the folder's bytes
+before and after a session (read-only). The browser test skips without Chromium unless SEGXAI_REQUIRE_BROWSER=1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SegXAILib.errors import SegXAIError
+from SegXAILib.models.card import ClassInfo
+from SegXAILib.volume import Volume
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = [ClassInfo(0, "background"), ClassInfo.known(1, "liver"), ClassInfo.known(2, "spleen")]
+LIVER = (slice(None), slice(14, 46), slice(10, 42))
+SPLEEN = (slice(None), slice(50, 66), slice(46, 66))
+HOT = (slice(None), slice(22, 38), slice(18, 34))  # large map values, inside the liver
+
+
+def write_case(folder: Path, stem: str = "case") -> dict:
+    """A results folder as ``segxai explain`` lays it out: CT, labels + .seg.nrrd, a Grad-CAM and an IG map, report."""
+    from SegXAILib.outputs import write_segmentation_outputs
+    from SegXAILib.volume import write_json_atomic, write_volume
+
+    rng = np.random.default_rng(0)
+    k, j, i = np.meshgrid(np.arange(6), np.arange(80), np.arange(80), indexing="ij")
+    ct = (60 * np.sin(np.hypot(j - 40, i - 40) / 3.0) + 40 + rng.normal(0, 15, (6, 80, 80))).astype(np.int16)
+    m = np.diag([1.5, 1.5, 3.0, 1.0])
+    m[:3, 3] = [-60.0, -60.0, -9.0]
+    ct = Volume(ct, m)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[LIVER], labels[SPLEEN] = 1, 2
+    grad = np.full(ct.shape, 0.02, np.float32)  # faint everywhere: must not show
+    grad[HOT] = 1.0
+    ig = rng.normal(0, 0.01, ct.shape).astype(np.float32)
+    ig[HOT] = -1.0  # IG's negative (blue) where Grad-CAM is hot (yellow): a switch must change the colour there
+    folder.mkdir(parents=True, exist_ok=True)
+    write_volume(ct, folder / f"{stem}.nii.gz")
+    write_segmentation_outputs(ct.like(labels), CLASSES, folder, stem)
+    write_volume(ct.like(grad), folder / f"{stem}_gradcam_liver.nrrd")
+    write_volume(ct.like(ig), folder / f"{stem}_ig_liver.nrrd")
+    quality = {"gradcam": {"energy_inside": 0.8125, "pointing_game": True, "deletion_auc": 0.3141, "insertion_auc": 0.7071},
+               "ig": {"energy_inside": 0.4375, "pointing_game": False, "deletion_auc": 0.5432, "insertion_auc": 0.2468}}
+    report = {"model": "segxai-test-model", "layer": "model.2",
+              "target": {"class": "liver", "value": 1, "region": "the predicted liver", "region_voxels": int(labels.sum())},
+              "device": "cpu", "methods": {m: {"params": {}, "seconds": 1.0, "checks": {}, "quality": q, "warnings": []}
+                                           for m, q in quality.items()}}
+    report["methods"]["ig"]["checks"] = {"completeness_error": 0.0123}
+    write_json_atomic(report, folder / f"{stem}_explain.json")
+    return report
+
+
+# ---- the folder reader (no web extra needed) ----------------------------------------------------------------
+def test_folder_reads_cases_and_refuses_paths_outside(tmp_path):
+    from SegXAILib.review.folder import find_cases, inside
+
+    report = write_case(tmp_path / "out")
+    (cases,) = find_cases(tmp_path / "out")
+    assert cases.stem == "case" and set(cases.maps) == set(report["methods"])
+    assert cases.ct == (tmp_path / "out" / "case.nii.gz").resolve()
+    assert cases.describe()["Target"] == "liver" and cases.describe()["Model"] == "segxai-test-model"
+    with pytest.raises(SegXAIError, match="outside the results folder"):
+        inside(tmp_path / "out", "../secret.txt")
+    with pytest.raises(SegXAIError, match="outside the results folder"):
+        inside(tmp_path / "out", "/etc/passwd")
+    (tmp_path / "secret.nrrd").write_text("x")
+    (tmp_path / "out" / "link.nrrd").symlink_to(tmp_path / "secret.nrrd")
+    with pytest.raises(SegXAIError, match="outside the results folder"):
+        inside(tmp_path / "out", "link.nrrd")
+    # a report whose target class names a path out of the folder cannot make the reader open it
+    bad = dict(report, target=dict(report["target"], **{"class": "../../secret"}))
+    (tmp_path / "out" / "evil_explain.json").write_text(json.dumps(bad))
+    with pytest.raises(SegXAIError, match="outside the results folder"):
+        find_cases(tmp_path / "out")
+
+
+def test_folder_without_reports_is_one_clear_error(tmp_path):
+    from SegXAILib.review.folder import find_cases
+
+    with pytest.raises(SegXAIError, match="no \\*_explain.json"):
+        find_cases(tmp_path)
+    with pytest.raises(SegXAIError, match="not a folder"):
+        find_cases(tmp_path / "missing")
+
+
+def test_non_loopback_host_gets_a_token():
+    from SegXAILib.review.server import choose_token, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    assert choose_token("127.0.0.1", None) is None
+    assert len(choose_token("0.0.0.0", None)) >= 16
+    with pytest.raises(SegXAIError, match="at least 16"):
+        choose_token("0.0.0.0", "short")
+
+
+def test_without_the_web_extra_one_line_says_what_to_install(tmp_path):
+    """trame_slicer made unimportable (None in sys.modules): the command prints the install line, no traceback."""
+    code = ("import sys; sys.modules['trame_slicer'] = None; from SegXAILib.cli import main; "
+            f"sys.exit(main(['review', {str(tmp_path)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[web]"' in lines[0] and "Traceback" not in done.stderr
+
+
+# ---- the running server --------------------------------------------------------------------------------------
+def require_web():
+    pytest.importorskip("slicer")
+    try:
+        import trame_slicer.rca_view  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"no web extra here ({error})")
+
+
+class Served:
+    """``segxai review`` in a child process; ``url`` is what it printed."""
+
+    def __init__(self, folder, *extra):
+        env = dict(os.environ, OMP_NUM_THREADS="1", VTK_DEFAULT_OPENGL_WINDOW=os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow"))
+        self.process = subprocess.Popen([sys.executable, "-m", "SegXAILib.cli", "review", str(folder), *extra],
+                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        self.url = None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            found = re.search(r"open (http://\S+)", line)
+            if found:
+                self.url = found.group(1)
+                break
+        if self.url is None:
+            self.process.wait()
+            raise AssertionError("segxai review printed no URL:\n" + "".join(self.lines))
+        self.started = time.perf_counter()
+
+    def base(self) -> str:
+        return self.url.split("?")[0]
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def http_status(url: str) -> tuple:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def test_server_refuses_traversal_and_never_writes_into_the_folder(tmp_path):
+    """Raw HTTP (no browser): '..' paths get no file outside the web assets; the folder's bytes stay the same."""
+    require_web()
+    from SegXAILib.review.folder import folder_digest
+
+    out = tmp_path / "out"
+    write_case(out)
+    (tmp_path / "secret.txt").write_text("SECRET-OUTSIDE")
+    before = folder_digest(out)
+    served = Served(out)
+    try:
+        assert served.url.startswith("http://127.0.0.1:")
+        status, body = http_status(served.base())
+        assert status == 200 and b"<html" in body.lower()
+        for path in ("../secret.txt", "%2e%2e/secret.txt", "..%2fsecret.txt", "case_explain.json", "../out/case_explain.json",
+                     "%2e%2e/%2e%2e" + str(tmp_path / "secret.txt")):
+            status, body = http_status(served.base() + path)
+            assert b"SECRET-OUTSIDE" not in body and b"segxai-test-model" not in body, path
+    finally:
+        served.stop()
+    assert folder_digest(out) == before
+
+
+def test_token_is_required_on_another_interface(tmp_path):
+    require_web()
+    out = tmp_path / "out"
+    write_case(out)
+    served = Served(out, "--host", "0.0.0.0", "--token", "a-token-of-24-characters")
+    try:
+        assert served.url.endswith("?token=a-token-of-24-characters")
+        port = served.base().rstrip("/").rsplit(":", 1)[1]
+        status, _ = http_status(f"http://127.0.0.1:{port}")
+        assert status == 403
+        status, _ = http_status(f"http://127.0.0.1:{port}/?token=a-wrong-token-of-24-chars")
+        assert status == 403
+        status, body = http_status(f"http://127.0.0.1:{port}/?token=a-token-of-24-characters")
+        assert status == 200 and b"<html" in body.lower()
+    finally:
+        served.stop()
+
+
+# ---- the page in a real headless Chromium ----------------------------------------------------------------------
+def browser_or_skip():
+    """A headless Chromium driven by selenium (Debian's chromium + chromium-driver, no download); skipped when
+    missing, a failure instead when SEGXAI_REQUIRE_BROWSER=1 (CI)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as error:
+        missing = f"selenium ({error})"
+    else:
+        missing = "" if chromium and driver_path else "chromium / chromedriver (apt-get install chromium chromium-driver)"
+    if missing:
+        message = f"no browser for the review page tests: {missing}"
+        if os.environ.get("SEGXAI_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                     "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def element_pixels(element) -> np.ndarray:
+    """(H, W, 3) uint8 of what the browser shows inside ``element``."""
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB"))
+
+
+def wait_for(condition, tries: int = 600, pause: float = 0.1):
+    """Poll ``condition`` until it returns something truthy (a bounded loop, not a time limit on the code)."""
+    for _ in range(tries):
+        value = condition()
+        if value is not None and value is not False:
+            return value
+        time.sleep(pause)
+    raise AssertionError("the page never reached the expected state")
+
+
+def ct_square(pixels: np.ndarray) -> tuple:
+    """(top, bottom, left, right) of the CT's picture in a slice view: rows/columns mostly non-black (the
+    legend's sparse text and narrow bar do not make a column mostly non-black)."""
+    lit = pixels.max(axis=2) > 20
+
+    def longest_run(flags):  # the view's 1-pixel border is a lit column too: keep the widest block
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(int), [0]])))
+        starts, ends = edges[::2], edges[1::2]
+        best = np.argmax(ends - starts)
+        return starts[best], ends[best]
+
+    top, bottom = longest_run(lit.mean(axis=1) > 0.5)
+    left, right = longest_run(lit.mean(axis=0) > 0.5)
+    return top, bottom, left, right
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    require_web()
+    from SegXAILib.review.folder import folder_digest
+
+    out = tmp_path_factory.mktemp("review") / "out"
+    report = write_case(out)
+    before = folder_digest(out)
+    driver = browser_or_skip()
+    served = Served(out)
+    figures = {}
+    try:
+        start = time.perf_counter()
+        driver.get(served.url)
+
+        def axial():  # the layout 'Quad View': coronal, sagittal | 3D, axial — the axial view's picture is the 4th
+            images = driver.find_elements("css selector", "#views img")
+            if len(images) < 4 or min(images[3].size.values()) < 8:
+                return None
+            pixels = element_pixels(images[3])
+            return pixels if pixels.size and (pixels.max(axis=2) > 20).mean() > 0.2 else None
+
+        first = wait_for(axial)
+        figures["first_picture_s"] = time.perf_counter() - start
+
+        def settled():  # the views get their browser size after the first picture: wait for the refitted one
+            nonlocal first
+            time.sleep(0.5)
+            now = axial()
+            same = now is not None and now.shape == first.shape and np.abs(now.astype(int) - first).max() <= 8
+            first = now if now is not None else first
+            return same
+
+        wait_for(settled, tries=120)
+        yield {"driver": driver, "axial": axial, "first": first, "report": report, "figures": figures,
+               "out": out, "before": before, "served": served}
+    finally:
+        driver.quit()
+        served.stop()
+        print(f"\nreview page figures: {figures}")
+
+
+def save_artefacts(**pictures) -> None:
+    """Write the pictures as PNGs into $SEGXAI_RENDER_ARTEFACTS when it is set (CI keeps them)."""
+    chosen = os.environ.get("SEGXAI_RENDER_ARTEFACTS")
+    if not chosen:
+        return
+    from PIL import Image
+
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    for name, pixels in pictures.items():
+        Image.fromarray(pixels).save(Path(chosen) / f"review_{name}.png")
+
+
+def set_slider(driver, element_id: str, key: str) -> None:
+    """Move a Vuetify slider to its minimum (Keys.HOME) or maximum (Keys.END) as a keyboard user would."""
+    thumb = driver.find_element("css selector", f"#{element_id} [role=slider], [id={element_id}] ~ * [role=slider]") \
+        if driver.find_elements("css selector", f"#{element_id} [role=slider]") else \
+        driver.find_element("xpath", f"//input[@id='{element_id}']/ancestor::div[contains(@class,'v-slider')]//*[@role='slider']")
+    thumb.send_keys(key)
+
+
+def changed_from(page, before: np.ndarray):
+    def check():
+        now = page["axial"]()
+        if now is None or (now.shape == before.shape and np.abs(now.astype(int) - before).max() <= 8):
+            return None
+        return now
+    return check
+
+
+def scores_shown(driver) -> dict:
+    rows = driver.find_elements("css selector", "#scores .score-row")
+    return {r.find_element("css selector", ".score-name").text: r.find_element("css selector", ".score-value").text
+            for r in rows}
+
+
+def test_page_shows_the_map_in_the_liver_the_ct_elsewhere_and_the_report_scores(page):
+    """Opacity 0 draws the CT alone (the oracle picture); at full opacity only the hot box, inside the liver,
+    changes: where the file's affine and the radiological convention put it (patient right on screen left)."""
+    from selenium.webdriver.common.keys import Keys
+
+    from SegXAILib.score_labels import plain_name
+
+    driver = page["driver"]
+    shown = wait_for(lambda: scores_shown(driver) or None)
+    expected = page["report"]["methods"]["gradcam"]["quality"]
+    assert "Deletion AUC" in shown and "Insertion AUC" in shown
+    for key, value in expected.items():
+        assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
+    assert "liver" in driver.find_element("id", "about").text and "segxai-test-model" in driver.find_element("id", "about").text
+
+    current = page["axial"]()
+    set_slider(driver, "opacity", Keys.HOME)
+    ct_alone = wait_for(changed_from(page, current))
+    set_slider(driver, "opacity", Keys.END)
+    full = wait_for(changed_from(page, ct_alone))
+    top, bottom, left, right = ct_square(ct_alone)
+    differs = np.abs(full.astype(int) - ct_alone).max(axis=2) > 30
+    save_artefacts(ct_alone=ct_alone, gradcam_full=full, differs=(differs[..., None] * np.array([255, 255, 255])).astype(np.uint8))
+    inside_ct = np.zeros_like(differs)
+    inside_ct[top:bottom, left:right] = True
+    assert differs[inside_ct].mean() > 0.02, "the map does not show"
+    # where it shows: i 18..34 of 80 from screen right, j 22..38 of 80 from the bottom (A up)
+    rows, cols = np.nonzero(differs & inside_ct)
+    height, width = bottom - top, right - left
+    assert height == pytest.approx(width, abs=3), "the CT (120 x 120 mm, square pixels) is not drawn whole"
+    box = ((rows.min() - top) / height, (rows.max() + 1 - top) / height, (cols.min() - left) / width, (cols.max() + 1 - left) / width)
+    assert box == pytest.approx((1 - 38 / 80, 1 - 22 / 80, 1 - 34 / 80, 1 - 18 / 80), abs=0.04)
+    # the CT is unveiled elsewhere (the faint 0.02 everywhere is below the threshold); the map is interpolated,
+    # so its edge spreads over about one voxel: the box is widened by a voxel's pixels
+    margin = int(np.ceil(width / 80)) + 2
+    outside = inside_ct.copy()
+    r0, r1 = top + int((1 - 38 / 80) * height) - margin, top + int((1 - 22 / 80) * height) + margin
+    c0, c1 = left + int((1 - 34 / 80) * width) - margin, left + int((1 - 18 / 80) * width) + margin
+    outside[r0:r1, c0:c1] = False
+    assert differs[outside].mean() < 0.002
+    hot = full[r0 + 2 * margin:r1 - 2 * margin, c0 + 2 * margin:c1 - 2 * margin].reshape(-1, 3).mean(axis=0)
+    assert hot[0] > hot[2] + 60, f"Grad-CAM's top values are inferno's yellow, got {hot}"
+    page["gradcam_full"] = (full, (r0, r1, c0, c1), margin)
+
+
+def test_switching_the_method_changes_the_overlay_and_the_scores(page):
+    """IG is negative (blue) where Grad-CAM is hot (yellow): clicking IG must turn the box blue, and the table
+    must show IG's scores from the report."""
+    from SegXAILib.score_labels import plain_name
+
+    driver = page["driver"]
+    if "gradcam_full" not in page:
+        pytest.skip("needs the picture of the test before")
+    full, (r0, r1, c0, c1), margin = page["gradcam_full"]
+    start = time.perf_counter()
+    driver.find_element("id", "method-ig").click()
+    switched = wait_for(changed_from(page, full), pause=0.02, tries=3000)
+    page["figures"]["method_switch_s"] = time.perf_counter() - start
+    hot = switched[r0 + 2 * margin:r1 - 2 * margin, c0 + 2 * margin:c1 - 2 * margin].reshape(-1, 3).mean(axis=0)
+    assert hot[2] > hot[0] + 60, f"IG's negative values are blue, got {hot}"
+    report = page["report"]["methods"]["ig"]
+    shown = wait_for(lambda: (lambda s: s if plain_name("completeness_error") in s else None)(scores_shown(driver)))
+    for key, value in dict(report["quality"], **report["checks"]).items():
+        assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
+    assert driver.find_element("id", "legend").text.startswith("Integrated Gradients: liver")
+    artefacts = os.environ.get("SEGXAI_RENDER_ARTEFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(artefacts) / "review_page.png"))
+
+
+def test_a_session_leaves_the_results_folder_unchanged(page):
+    from SegXAILib.review.folder import folder_digest
+
+    assert folder_digest(page["out"]) == page["before"]
