@@ -32,7 +32,7 @@ SPLEEN = (slice(None), slice(50, 66), slice(46, 66))
 HOT = (slice(None), slice(22, 38), slice(18, 34))  # large map values, inside the liver
 
 
-def write_case(folder: Path, stem: str = "case") -> dict:
+def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0.0) -> dict:
     """A results folder as ``segxai explain`` lays it out: CT, labels + .seg.nrrd, a Grad-CAM and an IG map, report."""
     from SegXAILib.outputs import write_segmentation_outputs
     from SegXAILib.volume import write_json_atomic, write_volume
@@ -46,15 +46,16 @@ def write_case(folder: Path, stem: str = "case") -> dict:
     labels = np.zeros(ct.shape, np.uint8)
     labels[LIVER], labels[SPLEEN] = 1, 2
     grad = np.full(ct.shape, 0.02, np.float32)  # faint everywhere: must not show
-    grad[HOT] = 1.0
+    grad[hot] = 1.0
     ig = rng.normal(0, 0.01, ct.shape).astype(np.float32)
-    ig[HOT] = -1.0  # IG's negative (blue) where Grad-CAM is hot (yellow): a switch must change the colour there
+    ig[hot] = -1.0  # IG's negative (blue) where Grad-CAM is hot (yellow): a switch must change the colour there
     folder.mkdir(parents=True, exist_ok=True)
     write_volume(ct, folder / f"{stem}.nii.gz")
     write_segmentation_outputs(ct.like(labels), CLASSES, folder, stem)
     write_volume(ct.like(grad), folder / f"{stem}_gradcam_liver.nrrd")
     write_volume(ct.like(ig), folder / f"{stem}_ig_liver.nrrd")
-    quality = {"gradcam": {"energy_inside": 0.8125, "pointing_game": True, "deletion_auc": 0.3141, "insertion_auc": 0.7071},
+    quality = {"gradcam": {"energy_inside": 0.8125 - score_shift, "pointing_game": True, "deletion_auc": 0.3141 + score_shift,
+                           "insertion_auc": 0.7071 - score_shift},
                "ig": {"energy_inside": 0.4375, "pointing_game": False, "deletion_auc": 0.5432, "insertion_auc": 0.2468}}
     report = {"model": "segxai-test-model", "layer": "model.2",
               "target": {"class": "liver", "value": 1, "region": "the predicted liver", "region_voxels": int(labels.sum())},
@@ -246,7 +247,7 @@ def wait_for(condition, tries: int = 600, pause: float = 0.1):
     """Poll ``condition`` until it returns something truthy (a bounded loop, not a time limit on the code)."""
     for _ in range(tries):
         value = condition()
-        if value is not None and value is not False:
+        if isinstance(value, np.ndarray) or value:  # a picture, or anything truthy
             return value
         time.sleep(pause)
     raise AssertionError("the page never reached the expected state")
@@ -275,6 +276,7 @@ def page(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("review") / "out"
     report = write_case(out)
+    other = write_case(out, "other", hot=(slice(None), slice(50, 66), slice(46, 66)), score_shift=0.25)  # in the spleen
     before = folder_digest(out)
     driver = browser_or_skip()
     served = Served(out)
@@ -302,7 +304,7 @@ def page(tmp_path_factory):
             return same
 
         wait_for(settled, tries=120)
-        yield {"driver": driver, "axial": axial, "first": first, "report": report, "figures": figures,
+        yield {"driver": driver, "axial": axial, "first": first, "report": report, "other": other, "figures": figures,
                "out": out, "before": before, "served": served}
     finally:
         driver.quit()
@@ -414,6 +416,27 @@ def test_switching_the_method_changes_the_overlay_and_the_scores(page):
     if artefacts:
         Path(artefacts).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(artefacts) / "review_page.png"))
+
+
+def test_choosing_another_case_shows_its_picture_and_scores(page):
+    """The folder holds two cases: choosing 'other' in the case list shows its Grad-CAM scores (from its own
+    report) and moves the hot box from the liver to the spleen (the picture changes)."""
+    from SegXAILib.score_labels import plain_name
+
+    driver = page["driver"]
+    driver.find_element("id", "method-gradcam").click()
+    wait_for(lambda: driver.find_element("id", "legend").text.startswith("Grad-CAM: liver"))
+    before = wait_for(page["axial"])
+    start = time.perf_counter()
+    driver.find_element("xpath", "//input[@id='case-select']/ancestor::div[contains(@class,'v-field')]").click()
+    wait_for(lambda: [e for e in driver.find_elements("css selector", ".v-list-item") if e.text.strip() == "other"])[0].click()
+    expected = page["other"]["methods"]["gradcam"]["quality"]
+    wanted = f"{expected['energy_inside']:.3g}"
+    shown = wait_for(lambda: (lambda s: s if s.get(plain_name("energy_inside")) == wanted else None)(scores_shown(driver)))
+    for key, value in expected.items():
+        assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
+    wait_for(changed_from(page, before))
+    page["figures"]["case_switch_s"] = time.perf_counter() - start
 
 
 def test_a_session_leaves_the_results_folder_unchanged(page):

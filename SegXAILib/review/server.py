@@ -105,10 +105,11 @@ class ReviewApp:
         entries = map_entries(case)
         mrml = build_scene_file(case, Path(self.work.name) / stem)
         scene = self.app.scene
-        if self.current is not None:
-            for node in [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]:
-                if node.GetAttribute("SegXAI.Role") or node is self.current.ct_node:
-                    scene.RemoveNode(node)
+        if self.current is not None:  # the previous case's nodes go, with their display and storage nodes
+            from .. import scene as bridge
+
+            bridge.remove_segxai_nodes(scene, self.current.ct_node)
+            bridge._remove_with_companions(scene, self.current.ct_node)
         scene.SetURL(str(mrml))
         if not scene.Import():
             raise SegXAIError(f"could not load the scene of {stem}")
