@@ -9,6 +9,7 @@ scores; a method that does not beat both controls on a score is reported as fail
 The bundled models were trained on all four patients: these are training patients (say so beside the figures).
 
     python bench/explanation_quality.py --out bench/results/explanation_quality.jsonl [--models ...] [--cases A,C]
+    python bench/explanation_quality.py --table bench/results/explanation_quality.jsonl   # BENCHMARKS.md's tables
 """
 from __future__ import annotations
 
@@ -73,6 +74,38 @@ def maps_for(model, pre, liver, region, methods, layer, steps, seconds):
     return out
 
 
+ORDER = ("hirescam", "gradcam", "gradcampp", "ig", "lrp", "control:random", "control:edge")
+CELLS = (("energy_inside", "energy"), ("relevance_rank_accuracy", "rank"), ("insertion_auc_normalised", "ins"),
+         ("deletion_auc_normalised", "del"), ("road_morf_auc", "ROAD-MoRF"), ("randomisation_spearman", "rand"))
+
+
+def markdown(path: str) -> str:
+    """One table per model: per method and patient the scores measured (later rows of a file win), '–' if not run."""
+    rows = [json.loads(line) for line in open(path)]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["method"]), {}).setdefault(r["patient"], {}).update(
+            {k: v for k, v in r.items() if v is not None})
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        patients = sorted({r["patient"] for r in rows if r["model"] == model})
+        chance = {p: cells.get((model, "control:random"), {}).get(p, {}).get("mask_fraction") for p in patients}
+        out.append(f"**{model}**: " + " / ".join(name for _, name in CELLS) + " (— not measured)\n")
+        out.append("| method | " + " | ".join(patients) + " |")
+        out.append("|---|" + "---|" * len(patients))
+        out.append("| chance (liver's share of the grid) | " + " | ".join(
+            f"{chance[p]:.3f}" if chance[p] is not None else "" for p in patients) + " |")
+        for method in ORDER:
+            line = []
+            for p in patients:
+                r = cells.get((model, method), {}).get(p, {})
+                line.append(" / ".join(f"{r[k]:.2f}" if isinstance(r.get(k), (int, float)) and r[k] == r[k] else "—"
+                                       for k, _ in CELLS))
+            out.append(f"| {method} | " + " | ".join(line) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="segxai-transunet-3mm,segxai-resunet-3mm")
@@ -86,7 +119,11 @@ def main() -> int:
     ap.add_argument("--no-controls", action="store_true", help="leave the random and edge maps out (already measured)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="")
+    ap.add_argument("--table", default="", help="print the Markdown tables of a results file and stop")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(args.table))
+        return 0
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
     cascade = [m for m in args.cascade.split(",") if m]
