@@ -62,6 +62,9 @@ def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0
               "device": "cpu", "methods": {m: {"params": {}, "seconds": 1.0, "checks": {}, "quality": q, "warnings": []}
                                            for m, q in quality.items()}}
     report["methods"]["ig"]["checks"] = {"completeness_error": 0.0123}
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 60, 3), (10, 200, 30), np.uint8)).save(folder / f"{stem}_explain_curves.png")
     write_json_atomic(report, folder / f"{stem}_explain.json")
     return report
 
@@ -133,6 +136,7 @@ class Served:
 
     def __init__(self, folder, *extra):
         env = dict(os.environ, OMP_NUM_THREADS="1", VTK_DEFAULT_OPENGL_WINDOW=os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow"))
+        launched = time.perf_counter()
         self.process = subprocess.Popen([sys.executable, "-m", "SegXAILib.cli", "review", str(folder), *extra],
                                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines = []
@@ -147,6 +151,7 @@ class Served:
             self.process.wait()
             raise AssertionError("segxai review printed no URL:\n" + "".join(self.lines))
         self.started = time.perf_counter()
+        self.startup_s = self.started - launched
 
     def base(self) -> str:
         return self.url.split("?")[0]
@@ -280,7 +285,7 @@ def page(tmp_path_factory):
     before = folder_digest(out)
     driver = browser_or_skip()
     served = Served(out)
-    figures = {}
+    figures = {"command_to_url_s": served.startup_s}
     try:
         start = time.perf_counter()
         driver.get(served.url)
@@ -361,6 +366,11 @@ def test_page_shows_the_map_in_the_liver_the_ct_elsewhere_and_the_report_scores(
     for key, value in expected.items():
         assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
     assert "liver" in driver.find_element("id", "about").text and "segxai-test-model" in driver.find_element("id", "about").text
+    curves = driver.find_element("id", "curves").get_attribute("src")  # the plot's own bytes, as a data: URL
+    assert curves.startswith("data:image/png;base64,")
+    import base64
+
+    assert base64.b64decode(curves.split(",", 1)[1]) == (page["out"] / "case_explain_curves.png").read_bytes()
 
     current = page["axial"]()
     set_slider(driver, "opacity", Keys.HOME)

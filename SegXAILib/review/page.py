@@ -48,6 +48,8 @@ def build_ui(server, layout_manager, title: str):
                         html.Td("{{ row.name }}", classes="score-name", style="padding-right: 8px")
                         html.Td("{{ row.text }}", classes="score-value", style="text-align: right; padding-right: 8px")
                         html.Td("{{ row.good.split(':')[0] }}", classes="score-good text-grey-darken-1")
+                html.Div("Deletion and insertion curves", classes="text-subtitle-2 mt-3", v_show="curves")
+                html.Img(src=("curves", ""), id="curves", v_show="curves", style="width: 100%")
                 html.Div("{{ notes }}", id="notes", classes="mt-2 text-caption")
         ui.footer.clear()  # no Kitware banner over the bottom of the views
         with ui.content:

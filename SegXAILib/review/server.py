@@ -118,6 +118,7 @@ class ReviewApp:
         state.methods = [{"name": m, "title": look.method_info(m).title} for m in self.current.methods]
         state.about = [{"name": k, "text": v} for k, v in case.describe().items() if v]
         state.notes = "; ".join(case.notes)
+        state.curves = case.curves_data_url()
         state.method = self.current.method or ""
         self._on_display(method=state.method, opacity=state.opacity or look.DEFAULT_OPACITY,
                          faint=state.faint if state.faint is not None else look.FAINT)
