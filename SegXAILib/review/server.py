@@ -125,6 +125,8 @@ class ReviewApp:
         for view in self.app.view_manager.get_views():
             self._fit_on_resize(view)
             view.fit_view_to_content()
+        self.current.centre_slices()
+        for view in self.app.view_manager.get_views():
             view.schedule_render()
 
     def _fit_on_resize(self, view) -> None:
@@ -138,6 +140,8 @@ class ReviewApp:
 
         def refit(*_):
             view.fit_view_to_content()
+            if self.current is not None:
+                self.current.centre_slices()
             view.schedule_render()
 
         interactor.AddObserver(vtkCommand.WindowResizeEvent, refit, -1.0)  # after the view's own resize handling

@@ -53,6 +53,29 @@ def build_scene_file(case: Case, work_dir) -> Path:
     return bridge.save_scene(Path(work_dir) / f"{case.stem}.mrml")
 
 
+def focus_point(case: Case, entries: list):
+    """RAS (mm) the slice views centre on: the centre of the explained class's segment, else the first map's
+    strongest voxel; None when neither is there. The volume's centre often misses the organ (the pelvis, not the liver)."""
+    import numpy as np
+
+    from ..volume import read_volume
+
+    grid = None
+    if case.labels is not None:
+        labels = read_volume(case.labels)
+        value = (case.report.get("target") or {}).get("value")
+        mask = labels.array == value if value is not None else labels.array > 0
+        if mask.any():
+            grid, index = labels, np.argwhere(mask).mean(axis=0)
+    if grid is None and entries:
+        volume = entries[0][1]
+        grid, index = volume, np.array(np.unravel_index(np.argmax(np.abs(volume.array)), volume.shape), float)
+    if grid is None:
+        return None
+    k, j, i = index
+    return (grid.ijk_to_ras @ np.array([i, j, k, 1.0]))[:3]
+
+
 class CaseScene:
     """The loaded case inside the trame-slicer application's scene, and the page's controls acting on it."""
 
@@ -69,6 +92,14 @@ class CaseScene:
         self.method = self.methods[0] if self.methods else None
         self.opacity = look.DEFAULT_OPACITY
         self.faint = look.FAINT
+        self.focus = focus_point(case, entries)
+
+    def centre_slices(self) -> None:
+        """Every slice view through :attr:`focus` (kept in plane: only the slice offset moves)."""
+        if self.focus is None:
+            return
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByOffsetting(*[float(x) for x in self.focus])
 
     def style(self, method: str):
         volume, meta, signed = self.entries[method]
