@@ -87,7 +87,7 @@ class _LayerCAM(Explainer):
 
     @staticmethod
     def diagnostics(cam: np.ndarray, weights: Optional[torch.Tensor]) -> dict:
-        """How empty the map is and how many channel weights are negative (summed over tiles as they are)."""
+        """How empty the map is and how many channel weights are negative: what a front door's warning says."""
         positive = float(np.count_nonzero(cam > 0)) / max(cam.size, 1)
         out = {"positive_fraction": positive, "empty": positive < EMPTY_FRACTION}
         if weights is not None:
