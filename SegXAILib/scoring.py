@@ -101,7 +101,8 @@ def beaten_by_controls(method: str, scores: dict, controls: dict) -> list:
                   and (c[key] >= mine if higher else c[key] <= mine)]
         if better:
             plain = SCORES.get(key, (key,))[0]
-            out.append(f"on {plain}, the {' and the '.join(better)} control map does as well as {method} "
+            who = f"the {better[0]} control map does" if len(better) == 1 else f"the {' and the '.join(better)} control maps do"
+            out.append(f"on {plain}, {who} as well as {method} "
                        f"({mine:.3g} vs {', '.join(f'{controls[b][key]:.3g}' for b in better)}): the method failed "
                        "to explain this, or the score cannot tell here")
     return out
