@@ -94,6 +94,23 @@ def window_starts(size: int, roi: int, overlap: float) -> list:
     return sorted({min(i * interval, size - roi) for i in range(n)})
 
 
+def monai_padding(shape: Sequence[int], patch: Sequence[int]) -> list:
+    """(before, after) zero padding per axis that MONAI applies where the image is smaller than the window."""
+    pads = []
+    for size, roi in zip(shape, patch):
+        diff = max(int(roi) - int(size), 0)
+        pads.append((diff // 2, diff - diff // 2))
+    return pads
+
+
+def importance(patch: Sequence[int]) -> np.ndarray:
+    """MONAI's Gaussian importance map (σ = 0.125 · patch), clamped away from zero as its sliding window does."""
+    from monai.data.utils import compute_importance_map
+
+    g = compute_importance_map(tuple(int(p) for p in patch), mode="gaussian", sigma_scale=0.125, device="cpu").float()
+    return torch.clamp(g, min=max(float(g.min()), 1e-3)).numpy()
+
+
 def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
     """How many windows MONAI's sliding window visits for this image and patch (for progress)."""
     total = 1

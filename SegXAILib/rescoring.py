@@ -12,10 +12,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
 from .errors import SegXAIError
+from .inference import importance, monai_padding
 
 
 def bounding_box(region: np.ndarray) -> tuple:
@@ -36,15 +37,6 @@ def monai_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) ->
     shape, patch = tuple(int(s) for s in shape), tuple(int(p) for p in patch)
     interval = _get_scan_interval(shape, patch, len(shape), (float(overlap),) * len(shape))
     return [tuple(s) for s in dense_patch_slices(shape, patch, interval, return_slice=True)]
-
-
-def monai_padding(shape: Sequence[int], patch: Sequence[int]) -> list:
-    """(before, after) zero padding per axis that MONAI applies where the image is smaller than the window."""
-    pads = []
-    for size, roi in zip(shape, patch):
-        diff = max(int(roi) - int(size), 0)
-        pads.append((diff // 2, diff - diff // 2))
-    return pads
 
 
 class CroppedRegionScore:
@@ -70,8 +62,7 @@ class CroppedRegionScore:
         self.total_windows = len(windows)
         local = padded_region[tuple(slice(l, h) for l, h in zip(self.lo, self.hi))]
         self.region_local = torch.from_numpy(np.ascontiguousarray(local))
-        self.weight = compute_importance_map(self.patch, mode="gaussian", sigma_scale=0.125,
-                                             device="cpu", dtype=torch.float32)
+        self.weight = torch.from_numpy(importance(self.patch))  # as MONAI's sliding window weighs, clamped
 
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Blended logits (C, ...) over the span of the chosen windows (padded-grid coordinates from ``self.lo``)."""

@@ -68,7 +68,7 @@ def kind(module: nn.Module) -> str:
 
 def run_model(name: str, rules: list, sample: Path, previous) -> list:
     from SegXAILib.explainers.lrp import LRP, relevance_ledger
-    from SegXAILib.explainers.tiling import _pad_amounts, importance
+    from SegXAILib.inference import importance, monai_padding as _pad_amounts
     from SegXAILib.models.store import load_model
     from SegXAILib.pipeline import segment
     from SegXAILib.targets import make_target, parse_region

@@ -24,16 +24,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map
 
-from ..inference import CancelToken, ProgressFn, wants_bf16, window_starts
+from ..inference import CancelToken, ProgressFn, importance, monai_padding, wants_bf16, window_starts
 from .base import Explainer
-
-
-def importance(patch: Sequence[int]) -> np.ndarray:
-    """MONAI's Gaussian importance map (σ = 0.125 · patch), clamped away from zero as MONAI does."""
-    g = compute_importance_map(tuple(int(p) for p in patch), mode="gaussian", sigma_scale=0.125, device="cpu").float()
-    return torch.clamp(g, min=max(float(g.min()), 1e-3)).numpy()
 
 
 def resolve_precision(precision: str, device: torch.device, explainer: Explainer) -> str:
@@ -44,15 +37,6 @@ def resolve_precision(precision: str, device: torch.device, explainer: Explainer
     if precision == "auto" and policy == "opt-in":
         precision = "fp32"
     return "bf16" if wants_bf16(precision, device) and policy != "never" else "fp32"
-
-
-def _pad_amounts(shape, patch) -> list:
-    """Symmetric constant padding up to the patch size, as MONAI pads small images."""
-    pads = []
-    for size, roi in zip(shape, patch):
-        diff = max(int(roi) - int(size), 0)
-        pads.append((diff // 2, diff - diff // 2))
-    return pads
 
 
 class Tiles:
@@ -66,7 +50,7 @@ class Tiles:
         self.patch = tuple(int(p) for p in patch)
         self.overlap, self.precision = float(overlap), precision
         self.progress, self.cancel, self.stage = progress, cancel, stage
-        self.pads = _pad_amounts(image.shape, self.patch)
+        self.pads = monai_padding(image.shape, self.patch)
         self.image = np.pad(image.astype(np.float32, copy=False), self.pads)
         self.region = np.pad(region.astype(bool, copy=False), self.pads)
         self.baseline = np.pad(baseline.astype(np.float32, copy=False), self.pads) if baseline is not None else None
