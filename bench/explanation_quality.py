@@ -117,6 +117,11 @@ def main() -> int:
     ap.add_argument("--groups", type=int, default=3, help="cascading randomisation steps")
     ap.add_argument("--which", default="localisation,deletion_insertion,road", help="quality.evaluate_map score groups")
     ap.add_argument("--no-controls", action="store_true", help="leave the random and edge maps out (already measured)")
+    ap.add_argument("--config", default="", help="the training config whose cases to use (default: the bundled "
+                    "model's); with a fold model folder in --models, the config it was trained from")
+    ap.add_argument("--layer", default="", help="the CAMs' layer (default: the card's measured one; a fold model's "
+                    "card has none, so pass the bundled model's, e.g. decoder.2)")
+    ap.add_argument("--label", default="", help="the model's name in the results (default: its card's name)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="")
     ap.add_argument("--table", default="", help="print the Markdown tables of a results file and stop")
@@ -131,10 +136,11 @@ def main() -> int:
     for model_name in args.models.split(","):
         model = load_model(model_name, "cpu")
         net, card = model.network.eval(), model.card
-        layer = default_layer(card.architecture, net, card)
+        layer = args.layer or default_layer(card.architecture, net, card)
         liver = card.class_named("liver").value
         wanted = set(args.cases.split(",")) if args.cases else None
-        for case in load_config(ROOT / CONFIG[model_name]).cases:
+        config = Path(args.config) if args.config else ROOT / CONFIG[model_name]
+        for case in load_config(config).cases:
             patient = case.meta.get("patient", case.id)
             if wanted and patient not in wanted:
                 continue
@@ -154,7 +160,7 @@ def main() -> int:
                 scores = evaluate_map(m, image=pre.image, baseline=baseline, score=score, target_region=region,
                                       reference=ref, spacing=array_spacing(pre.grid), steps=args.curve_steps,
                                       which=args.which.split(","))
-                row = {"model": model_name, "patient": patient, "case": case.id, "method": name,
+                row = {"model": args.label or card.name, "patient": patient, "case": case.id, "method": name,
                        "layer": layer if ":" not in name and make_explainer(name).uses_layer else "",
                        "seconds": seconds.get(name), "score_seconds": round(time.perf_counter() - t, 1)}
                 row.update({k: v for k, v in scores.items() if not isinstance(v, list)})
