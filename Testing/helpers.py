@@ -98,3 +98,26 @@ def import_pytorch_grad_cam():
     pytest.importorskip("cv2")
     torchvision_standin()
     return pytest.importorskip("pytorch_grad_cam")
+
+
+#: the synthetic organs of ``ringed_ct`` (array slices, K, J, I)
+RINGED_LIVER = (slice(None), slice(14, 46), slice(10, 42))
+RINGED_SPLEEN = (slice(None), slice(50, 66), slice(46, 66))
+
+
+def ringed_ct():
+    """(CT, labels, rng) for picture tests: rings and noise (so a veil or a tint cannot hide), a liver (1) and a
+    spleen (2) box; the rng continues the CT's stream for the maps a test draws next."""
+    import numpy as np
+
+    from SegXAILib.volume import Volume
+
+    rng = np.random.default_rng(0)
+    k, j, i = np.meshgrid(np.arange(6), np.arange(80), np.arange(80), indexing="ij")
+    ct = (60 * np.sin(np.hypot(j - 40, i - 40) / 3.0) + 40 + rng.normal(0, 15, (6, 80, 80))).astype(np.int16)
+    m = np.diag([1.5, 1.5, 3.0, 1.0])
+    m[:3, 3] = [-60.0, -60.0, -9.0]
+    ct = Volume(ct, m)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[RINGED_LIVER], labels[RINGED_SPLEEN] = 1, 2
+    return ct, labels, rng

@@ -106,21 +106,14 @@ def test_card_metrics_read_from_the_bundled_cards_without_torch(tmp_path):
 # ---- the rendered scene -----------------------------------------------------------------------------
 BOX_A = (slice(None), slice(22, 38), slice(18, 34))   # large map values, inside the liver
 BOX_B = (slice(None), slice(4, 12), slice(54, 66))    # negative IG, outside every segment (away from the legend)
-LIVER = (slice(None), slice(14, 46), slice(10, 42))
-SPLEEN = (slice(None), slice(50, 66), slice(46, 66))
+from helpers import RINGED_LIVER as LIVER, RINGED_SPLEEN as SPLEEN  # noqa: E402
 
 
 def synthetic_case():
     """A CT with structure (rings and noise, so a veil or a tint cannot hide), labels and two maps."""
-    rng = np.random.default_rng(0)
-    k, j, i = np.meshgrid(np.arange(6), np.arange(80), np.arange(80), indexing="ij")
-    ct = (60 * np.sin(np.hypot(j - 40, i - 40) / 3.0) + 40 + rng.normal(0, 15, (6, 80, 80))).astype(np.int16)
-    m = np.diag([1.5, 1.5, 3.0, 1.0])
-    m[:3, 3] = [-60.0, -60.0, -9.0]
-    ct = Volume(ct, m)
-    labels = np.zeros(ct.shape, np.uint8)
-    labels[LIVER] = 1
-    labels[SPLEEN] = 2
+    from helpers import ringed_ct
+
+    ct, labels, rng = ringed_ct()
     grad = np.full(ct.shape, 0.02, np.float32)  # faint everywhere: must not show
     grad[BOX_A] = 1.0
     ig = rng.normal(0, 0.01, ct.shape).astype(np.float32)  # near zero everywhere: must not veil

@@ -23,12 +23,10 @@ import pytest
 
 from SegXAILib.errors import SegXAIError
 from SegXAILib.models.card import ClassInfo
-from SegXAILib.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [ClassInfo(0, "background"), ClassInfo.known(1, "liver"), ClassInfo.known(2, "spleen")]
-LIVER = (slice(None), slice(14, 46), slice(10, 42))
-SPLEEN = (slice(None), slice(50, 66), slice(46, 66))
+from helpers import RINGED_LIVER as LIVER, RINGED_SPLEEN as SPLEEN  # noqa: E402
 HOT = (slice(None), slice(22, 38), slice(18, 34))  # large map values, inside the liver
 
 
@@ -37,14 +35,9 @@ def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0
     from SegXAILib.outputs import write_segmentation_outputs
     from SegXAILib.volume import write_json_atomic, write_volume
 
-    rng = np.random.default_rng(0)
-    k, j, i = np.meshgrid(np.arange(6), np.arange(80), np.arange(80), indexing="ij")
-    ct = (60 * np.sin(np.hypot(j - 40, i - 40) / 3.0) + 40 + rng.normal(0, 15, (6, 80, 80))).astype(np.int16)
-    m = np.diag([1.5, 1.5, 3.0, 1.0])
-    m[:3, 3] = [-60.0, -60.0, -9.0]
-    ct = Volume(ct, m)
-    labels = np.zeros(ct.shape, np.uint8)
-    labels[LIVER], labels[SPLEEN] = 1, 2
+    from helpers import ringed_ct
+
+    ct, labels, rng = ringed_ct()
     grad = np.full(ct.shape, 0.02, np.float32)  # faint everywhere: must not show
     grad[hot] = 1.0
     ig = rng.normal(0, 0.01, ct.shape).astype(np.float32)
