@@ -226,3 +226,52 @@ def test_bundle_windowing_matches_monai_inferer(mode, sigma):
             torch.from_numpy(image)[None, None], net)[0]
     assert torch.allclose(ours, torch.as_tensor(theirs), atol=1e-5)
     assert windowing.importance().shape == (16, 16, 16)
+
+
+def test_a_model_zoo_style_bundle_matches_monai(small_ct, tmp_path):
+    """A bundle as the model zoo writes them (RAS, constant blend by default, $ paths, handlers, evaluator) loads
+    without trust and runs as MONAI runs it; the unreferenced imports/datalist/initialize are never evaluated."""
+    from monai_bundle_folder import third_party_bundle
+
+    from SegXAILib.bundle_windowing import BundleWindowing
+    from SegXAILib.models.store import load_model
+    from SegXAILib.pipeline import segment
+    from SegXAILib.volume import read_volume
+
+    bundle = third_party_bundle(tmp_path / "spleen")
+    model = load_model(bundle)
+    assert isinstance(model.windowing, BundleWindowing) and model.windowing.mode == "constant"
+    assert [c.name for c in model.card.classes] == ["background", "spleen"]
+    oracle = run_with_monai(bundle, small_ct, tmp_path / "monai")
+    volume = read_volume(small_ct)
+    result = segment(volume, model, "cpu")
+    expected = read_volume(oracle["labels"])
+    assert result.labels.same_geometry(volume)
+    assert float(np.mean(result.labels.array == expected.array)) >= 0.999
+    probabilities = result.preprocessed.probabilities_from_logits(result.logits)
+    assert np.abs(probabilities - oracle["probabilities"].transpose(0, 3, 2, 1)).max() < 1e-4
+
+
+def test_monai_bundle_run_itself_agrees(bundle, oblique_ct, tmp_path):
+    """``python -m monai.bundle run`` on the exported bundle, unchanged (needs pytorch-ignite for its evaluator)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ignite", reason="monai.bundle run's SupervisedEvaluator needs pytorch-ignite")
+    from SegXAILib.models.store import load_model
+    from SegXAILib.pipeline import segment
+    from SegXAILib.volume import read_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(oblique_ct, data / oblique_ct.name)
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(bundle / "configs" / "inference.json"), "--meta_file",
+                           str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle), "--dataset_dir",
+                           str(data), "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = read_volume(tmp_path / "out" / oblique_ct.name.replace(".nii.gz", "_seg.nii.gz"))
+    volume = read_volume(oblique_ct)
+    result = segment(volume, load_model(bundle), "cpu")
+    assert expected.same_geometry(volume, atol=1e-5)
+    assert float(np.mean(result.labels.array == expected.array)) >= 0.999

@@ -20,7 +20,7 @@ from ...errors import SegXAIError
 from ..card import ClassInfo, ModelCard
 
 CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
-#: the environment variable that trusts every bundle (``--trust-model`` for commands without the flag)
+#: the environment variable that trusts every bundle loaded by name or folder (the CLI has no --trust-model flag yet)
 TRUST_ENV = "SEGXAI_TRUST_MODEL"
 
 

@@ -10,7 +10,8 @@ reference with ``@``) are handed to the parser, and before that every value in t
   ``torch.cuda.is_available``, ``os.path.join``, ``int``/``float``/…, ``@ref.to(...)``);
 - other strings that name a Python object outside monai/torch/numpy (``subprocess.Popen`` as a reader), ``%``
   macros (they read other files) and ``_requires_`` are refused.
-``trust_model=True`` skips the check (the config is then run as MONAI would run it).
+``trust_model=True`` (or ``SEGXAI_TRUST_MODEL=1``) skips the check: the pruned config and the bundle's ``imports``
+are then evaluated as MONAI would evaluate them.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ _ALLOWED_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Attribut
 def refuse(key: str, value, why: str) -> SegXAIError:
     shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "...'"
     return SegXAIError(f"refused to load this MONAI bundle: {key} = {shown} {why}; SegXAI does not run code from a "
-                       "model's config (pass --trust-model / trust_model=True only for a bundle you trust)")
+                       "model's config (only for a bundle you trust: set SEGXAI_TRUST_MODEL=1, or trust_model=True in Python)")
 
 
 def _dotted(node) -> str:
