@@ -122,6 +122,8 @@ def _marker_command(marker: Path) -> str:
     ("preprocessing#transforms#0#reader", "subprocess.getoutput", "reader"),
     ("network_def#_target_", "monai.bundle.scripts.run", "monai.bundle.scripts.run"),
     ("postprocessing#transforms#0#other", "$torch.hub.load('x', 'y')", "torch.hub.load"),
+    ("network_def#_target_", "monai.networks.utils.save_state", "save_state"),
+    ("preprocessing#transforms#0", {"_target_": "Lambdad", "keys": "image", "func": "$os.system"}, "os.system"),
 ])
 def test_code_in_a_config_is_refused_and_not_run(bundle, tmp_path, key, value, names):
     from SegXAILib.models.store import load_model
@@ -163,7 +165,8 @@ def test_expression_allowlist():
         check_expression("k", fine)
     for bad in ["$import os", "$__import__('os')", "$torch.load('m.pt')", "$monai.utils.optional_import('os')[0]",
                 "$(lambda: 1)()", "$[i for i in @datalist]", "$getattr(torch, 'load')", "$@net.__class__",
-                "$open('x').read()", "$eval('1')", "$@x.load_state_dict(@y)"]:
+                "$open('x').read()", "$eval('1')", "$@x.load_state_dict(@y)", "$os.system", "$torch.load", "$torch",
+                "$int", "$monai.bundle.run"]:
         with pytest.raises(SegXAIError, match="refused"):
             check_expression("k", bad)
 

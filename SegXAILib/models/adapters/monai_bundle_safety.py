@@ -4,10 +4,11 @@
 the parts SegXAI needs (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing`` and the entries they
 reference with ``@``) are handed to the parser, and before that every value in them is checked:
 - ``_target_``: a bare MONAI component name or a dotted name inside monai.networks, monai.transforms,
-  monai.inferers or torch.nn (what networks, transforms and inferers are made of);
-- ``$`` expressions: parsed, never run, and accepted only when built from constants, ``@`` references, attribute
-  reads of torch/numpy/monai, arithmetic, and calls of a short allowlist (``torch.device``,
-  ``torch.cuda.is_available``, ``os.path.join``, ``int``/``float``/…, ``@ref.to(...)``);
+  monai.inferers or torch.nn that is a network (torch Module), Transform or Inferer class, never a function;
+- ``$`` expressions: parsed, never run, and accepted only when built from constants, ``@`` references, values
+  (not functions: ``torch.float32`` yes, ``os.system`` no) read from torch/numpy/monai, arithmetic, and calls of a
+  short allowlist (``torch.device``, ``torch.cuda.is_available``, ``os.path.join``, ``int``/``float``/…,
+  ``@ref.to(...)``);
 - other strings that name a Python object outside monai/torch/numpy (``subprocess.Popen`` as a reader), ``%``
   macros (they read other files) and ``_requires_`` are refused.
 ``trust_model=True`` (or ``SEGXAI_TRUST_MODEL=1``) skips the check: the pruned config and the bundle's ``imports``
@@ -62,6 +63,30 @@ def _dotted(node) -> str:
     return ""
 
 
+def _harmless_value(name: str) -> bool:
+    """Whether reading ``name`` (an attribute chain on torch/numpy/monai) gives a plain value: no callable except
+    dtypes (``torch.float32``, ``numpy.uint8``), so no function can be handed to a component (``func=$os.system``)."""
+    import importlib
+    import types
+
+    import numpy as np
+    import torch
+
+    parts = name.split(".")
+    root = {"np": "numpy"}.get(parts[0], parts[0])
+    if root not in ("torch", "numpy", "monai"):
+        return False
+    obj = importlib.import_module(root)
+    for part in parts[1:]:
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    if isinstance(obj, types.ModuleType):
+        return False
+    return (not callable(obj) or isinstance(obj, torch.dtype)
+            or (isinstance(obj, type) and issubclass(obj, np.generic)))
+
+
 def check_expression(key: str, value: str) -> None:
     """Refuse a ``$`` expression unless it is in the harmless subset described in the module docstring."""
     body = value[1:]
@@ -71,6 +96,7 @@ def check_expression(key: str, value: str) -> None:
         tree = ast.parse(_REF.sub("_ref_", body).strip(), mode="eval")
     except SyntaxError:
         raise refuse(key, value, "is not a Python expression SegXAI can check") from None
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise refuse(key, value, f"uses {type(node).__name__}, which SegXAI does not evaluate from a config")
@@ -85,6 +111,14 @@ def check_expression(key: str, value: str) -> None:
             if name not in EXPRESSION_CALLS and not on_reference:
                 raise refuse(key, value, f"calls {name or 'an expression'}, which is not on SegXAI's list of "
                                          "harmless calls")
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Attribute) or (isinstance(parent, ast.Call) and parent.func is node):
+            continue  # part of a longer chain, or the callee checked above
+        name = _dotted(node) if isinstance(node, (ast.Attribute, ast.Name)) else ""
+        if name and name.split(".")[0] != "_ref_" and name not in ("True", "False", "None"):
+            if not _harmless_value(name):
+                raise refuse(key, value, f"hands over {name}, which is a module or a function, not a value")
 
 
 def target_module(key: str, target) -> str:
@@ -96,15 +130,35 @@ def target_module(key: str, target) -> str:
     if "." in target:
         if not _DOTTED.match(target) or not target.startswith(TARGET_PACKAGES):
             raise refuse(key, target, f"is outside {', '.join(p.rstrip('.') for p in TARGET_PACKAGES)}")
-        return target.rsplit(".", 1)[0]
-    from monai.bundle.config_item import ComponentLocator
+        module, name = target.rsplit(".", 1)
+    else:
+        from monai.bundle.config_item import ComponentLocator
 
-    module = ComponentLocator().get_component_module_name(target)
-    if isinstance(module, list):  # MONAI warns and uses the first when a name is found in several modules
-        module = module[0] if module else None
-    if not module or not (module + ".").startswith(TARGET_PACKAGES):
-        raise refuse(key, target, f"is not a MONAI network, transform or inferer ({module or 'not found in MONAI'})")
+        module, name = ComponentLocator().get_component_module_name(target), target
+        if isinstance(module, list):  # MONAI warns and uses the first when a name is found in several modules
+            module = module[0] if module else None
+        if not module or not (module + ".").startswith(TARGET_PACKAGES):
+            raise refuse(key, target, f"is not a MONAI network, transform or inferer ({module or 'not found in MONAI'})")
+    if not _is_component_class(module, name):
+        raise refuse(key, target, "is not a network, transform or inferer class (functions such as save_state are "
+                                  "not made from a config)")
     return module
+
+
+def _is_component_class(module: str, name: str) -> bool:
+    """Whether ``module.name`` (inside `TARGET_PACKAGES`, so importing it runs only MONAI's or torch's code) is a
+    torch Module, a MONAI Transform or a MONAI Inferer class."""
+    import importlib
+
+    import torch
+    from monai.inferers import Inferer
+    from monai.transforms import Transform
+
+    try:
+        obj = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return False
+    return isinstance(obj, type) and issubclass(obj, (torch.nn.Module, Transform, Inferer))
 
 
 def check_value(key: str, value) -> None:
