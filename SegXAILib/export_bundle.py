@@ -122,7 +122,8 @@ def state_dict(model, definition: dict) -> dict:
     try:
         UNet(**args).load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise SegXAIError(f"the weights of {model.card.name} do not fit MONAI's UNet ({' '.join(str(err).split())[:160]})") from None
+        detail = " ".join(str(err).split())[:160]
+        raise SegXAIError(f"the weights of {model.card.name} do not fit MONAI's UNet ({detail})") from None
     return state
 
 

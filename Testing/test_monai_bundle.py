@@ -42,8 +42,9 @@ def oblique_ct(data_dir, tmp_path_factory) -> Path:
     from conftest import rotation
 
     direction = rotation("z", 17) @ rotation("x", -11) @ rotation("y", 6)
-    return crop_ct(data_dir / "totalseg_example" / "ct.nii.gz", tmp_path_factory.mktemp("oblique") / "ct_oblique.nii.gz",
-                   (slice(20, 84), slice(10, 90), slice(None)), spacing=(2.5, 3.0, 3.25), direction=direction)
+    target = tmp_path_factory.mktemp("oblique") / "ct_oblique.nii.gz"
+    return crop_ct(data_dir / "totalseg_example" / "ct.nii.gz", target, (slice(20, 84), slice(10, 90), slice(None)),
+                   spacing=(2.5, 3.0, 3.25), direction=direction)
 
 
 def test_export_writes_a_plain_bundle(bundle):

@@ -103,7 +103,8 @@ def load_weights(network, root: Path):
         try:
             network.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise SegXAIError(f"{pt} does not fit the bundle's network_def ({' '.join(str(err).split())[:200]})") from None
+            detail = " ".join(str(err).split())[:200]
+            raise SegXAIError(f"{pt} does not fit the bundle's network_def ({detail})") from None
         return network
     if ts.is_file():
         try:

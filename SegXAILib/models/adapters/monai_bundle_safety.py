@@ -49,7 +49,8 @@ _ALLOWED_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Attribut
 def refuse(key: str, value, why: str) -> SegXAIError:
     shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "...'"
     return SegXAIError(f"refused to load this MONAI bundle: {key} = {shown} {why}; SegXAI does not run code from a "
-                       "model's config (only for a bundle you trust: set SEGXAI_TRUST_MODEL=1, or trust_model=True in Python)")
+                       "model's config (only for a bundle you trust: set SEGXAI_TRUST_MODEL=1, or trust_model=True "
+                       "in Python)")
 
 
 def _dotted(node) -> str:
@@ -138,7 +139,8 @@ def target_module(key: str, target) -> str:
         if isinstance(module, list):  # MONAI warns and uses the first when a name is found in several modules
             module = module[0] if module else None
         if not module or not (module + ".").startswith(TARGET_PACKAGES):
-            raise refuse(key, target, f"is not a MONAI network, transform or inferer ({module or 'not found in MONAI'})")
+            found = module or "not found in MONAI"
+            raise refuse(key, target, f"is not a MONAI network, transform or inferer ({found})")
     if not _is_component_class(module, name):
         raise refuse(key, target, "is not a network, transform or inferer class (functions such as save_state are "
                                   "not made from a config)")
