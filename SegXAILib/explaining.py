@@ -13,7 +13,7 @@ import torch
 
 from .errors import SegXAIError
 from .explainers import METHODS, default_layer, make_explainer
-from .explainers.base import find_layer
+from .explainers.base import layer_evaluations
 from .explainers.ig import completeness_error, make_baseline
 from .explainers.lrp import check_supported, conservation_error
 from .explainers.tiling import explain_tiled, resolve_precision
@@ -195,7 +195,7 @@ def explain_volume(
     layer = layer or default_layer(card.architecture, net, card)
     explainers = {name: make_explainer(name, layer, **options) for name in methods}  # bad options fail here
     if any(e.uses_layer for e in explainers.values()):
-        find_layer(net, layer)  # a wrong --layer fails before the segmentation runs
+        layer_evaluations(net, layer)  # a wrong --layer fails before the segmentation runs
     if quality:
         check_groups(scores)
     seconds = {}
@@ -221,7 +221,8 @@ def explain_volume(
         # the information (quality.REMOVAL_HU), where the blur leaves most of the liver's probability
         method_base = {"ig": base, "occlusion": removal}.get(name, base if name == "smoothgrad" and smooth == "ig" else None)
         model_map, totals = explain_tiled(explainer, net, pre.image, target.class_value, target.region, card.patch,
-                                          card.overlap, device, method_base, progress, cancel, name, used)
+                                          card.overlap, device, method_base, progress, cancel, name, used,
+                                          model.windowing)
         checks = {"totals": totals}
         if name == "ig" and totals:
             checks["completeness_error"] = completeness_error(totals)
@@ -233,7 +234,7 @@ def explain_volume(
             def explain_fn(clone, explainer=explainer, method_base=method_base, name=name):
                 return explain_tiled(explainer, clone, pre.image, target.class_value, target.region, card.patch,
                                      card.overlap, device, method_base, progress, cancel,
-                                     f"{name}: randomised model", used)[0]
+                                     f"{name}: randomised model", used, model.windowing)[0]
             found.update(scorer.randomisation(net, explain_fn, model_map, randomisation_groups))
         warnings = cam_warnings(name, layer, totals, card, net)
         results[name] = MethodResult(name, pre.to_source(model_map, "linear"), model_map,

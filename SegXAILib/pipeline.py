@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .inference import CancelToken, ProgressFn, choose_device, sliding_window_logits
+from .inference import CancelToken, ProgressFn, choose_device
 from .models.card import ModelCard
 from .models.store import LoadedModel
 from .postprocessing import postprocess
@@ -59,18 +59,14 @@ def segment(
     pre = model.preprocessing(volume)
     seconds["preprocess"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    logits = sliding_window_logits(
-        model.network, pre.image, model.card.patch, model.card.overlap, device, sw_batch_size, progress, cancel
-    )
+    logits = model.windowing.logits(model.network, pre.image, device, sw_batch_size, progress, cancel)
     seconds["inference"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if cancel is not None:
         cancel.check()
     if progress:
         progress("resampling to the input grid", 0.0)
-    probabilities = torch.softmax(logits, dim=0).numpy()
-    labels = pre.labels_to_source(probabilities)
-    del probabilities
+    labels = pre.labels_from_logits(logits)
     labels.array[...] = postprocess(labels.array, model.card.classes, model.card.postprocessing)
     seconds["postprocess"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0

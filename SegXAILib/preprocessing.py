@@ -134,6 +134,13 @@ class Preprocessed:
         out = resample(image, self.source, interpolator, default, pixel)
         return Volume(sitk.GetArrayFromImage(out), self.source.ijk_to_ras.copy())
 
+    def labels_from_logits(self, logits) -> Volume:
+        """Labels on the input grid from logits (C, K, J, I) on the model grid (softmax, then `labels_to_source`)."""
+        import torch
+
+        probabilities = torch.softmax(torch.as_tensor(logits), dim=0).numpy()
+        return self.labels_to_source(probabilities)
+
     def labels_to_source(self, probabilities: np.ndarray) -> Volume:
         """Arg-max labels on the input grid from per-class probabilities (C, K, J, I) on the model grid.
 

@@ -44,16 +44,20 @@ class CroppedRegionScore:
     that overlap the region's bounding box only (equal to the full sliding-window pass; see module docstring)."""
 
     def __init__(self, network: torch.nn.Module, class_index: int, region: np.ndarray, patch: Sequence[int],
-                 overlap: float, device="cpu", sw_batch_size: int = 2) -> None:
+                 overlap: float, device="cpu", sw_batch_size: int = 2, windowing=None) -> None:
         self.network, self.class_index = network, int(class_index)
         self.device = torch.device(device)
-        self.patch = tuple(int(p) for p in patch)
+        self.patch = tuple(int(p) for p in (windowing.patch if windowing is not None else patch))
         self.sw_batch_size = max(int(sw_batch_size), 1)
         self.shape = tuple(region.shape)
-        self.pads = monai_padding(self.shape, self.patch)
+        self.pads = windowing.pads(self.shape) if windowing is not None else monai_padding(self.shape, self.patch)
         padded_region = np.pad(region.astype(bool), self.pads)
         lo, hi = bounding_box(padded_region)
-        windows = monai_windows(padded_region.shape, self.patch, overlap)
+        if windowing is not None:  # the model's own windows (nnU-Net's for an nnU-Net model)
+            windows = [tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+                       for start in windowing.starts(padded_region.shape)]
+        else:
+            windows = monai_windows(padded_region.shape, self.patch, overlap)
         self.windows = [w for w in windows
                         if all(s.start < h and s.stop > l for s, l, h in zip(w, lo, hi))]
         # the part of the padded grid the chosen windows span: the only part that is ever read or written
@@ -62,7 +66,8 @@ class CroppedRegionScore:
         self.total_windows = len(windows)
         local = padded_region[tuple(slice(l, h) for l, h in zip(self.lo, self.hi))]
         self.region_local = torch.from_numpy(np.ascontiguousarray(local))
-        self.weight = torch.from_numpy(importance(self.patch))  # as MONAI's sliding window weighs, clamped
+        # as the model's sliding window weighs (MONAI's Gaussian, clamped, unless the model has its own windows)
+        self.weight = torch.from_numpy(windowing.importance() if windowing is not None else importance(self.patch))
 
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Blended logits (C, ...) over the span of the chosen windows (padded-grid coordinates from ``self.lo``)."""
@@ -124,8 +129,9 @@ class CroppedRegionScore:
 
 
 def region_probability(network: torch.nn.Module, class_index: int, region: np.ndarray, patch, overlap: float,
-                       device="cpu") -> Callable[[np.ndarray], float]:
+                       device="cpu", windowing=None) -> Callable[[np.ndarray], float]:
     """A re-scoring function: model-grid image → mean softmax probability of the class over the region.
 
-    Only the windows overlapping the region's bounding box run (same value as a full pass)."""
-    return CroppedRegionScore(network, class_index, region, patch, overlap, device)
+    Only the windows overlapping the region's bounding box run (same value as a full pass). ``windowing`` is
+    the model's (`LoadedModel.windowing`); without it, MONAI's windows of ``patch`` and ``overlap``."""
+    return CroppedRegionScore(network, class_index, region, patch, overlap, device, windowing=windowing)

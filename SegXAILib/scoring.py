@@ -53,7 +53,8 @@ class MapScorer:
         self.model, self.pre, self.target = model, pre, target
         self.groups, self.steps, self.seed, self.progress = check_groups(groups), int(steps), int(seed), progress
         card = model.card
-        self.score = region_probability(model.network, target.class_value, target.region, card.patch, card.overlap, device)
+        self.score = region_probability(model.network, target.class_value, target.region, card.patch, card.overlap, device,
+                                        model.windowing)
         self.baseline = removal_baseline(pre.image, model.preprocessing.window)
         self.reference, self.reference_read = (None, "")
         if reference is not None:

@@ -13,7 +13,8 @@ from torch import nn
 
 from SegXAILib.explainers import make_explainer
 from SegXAILib.explainers.ig import completeness_error
-from SegXAILib.explainers.tiling import explain_tiled, window_starts
+from SegXAILib.explainers.tiling import explain_tiled
+from SegXAILib.inference import window_starts
 from SegXAILib.inference import sliding_window_logits
 
 from helpers import bn_net, import_pytorch_grad_cam

@@ -66,6 +66,12 @@ def default_layer(architecture: str, network: Optional[nn.Module] = None, card=N
     if architecture == "transunet3d":
         from ..models.transunet import DEFAULT_LAYER
         return DEFAULT_LAYER
+    if architecture == "nnunetv2":  # PlainConvUNet / ResidualEncoderUNet: the decoder stage below full resolution
+        members = getattr(network, "members", None) or [network]
+        stages = getattr(getattr(members[0], "decoder", None), "stages", None) if network is not None else None
+        if stages is not None and len(stages) >= 2:
+            return f"decoder.stages.{len(stages) - 2}"
+        return "decoder.stages.0"
     raise SegXAIError(f"no default explanation layer for architecture {architecture!r}; pass --layer NAME "
                       "(segxai layers MODEL lists the layers one can explain)")
 
@@ -88,6 +94,29 @@ def to_grid(network: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     raise SegXAIError(f"cannot map a layer output of shape {tuple(tensor.shape)} onto the 3D grid; choose a convolutional layer")
 
 
+def layer_evaluations(network: nn.Module, name: str) -> list:
+    """[(module, flips)]: each module that computes layer ``name`` and, in call order, the tensor dims each of its
+    evaluations in one forward pass was mirrored along (``()`` for the plain input).
+
+    A plain network: one module, evaluated once. nnU-Net's test-time mirroring (``views``): once per mirror image.
+    A fold ensemble (``members``): a name without the fold prefix is that layer in every fold.
+    """
+    def views(net):
+        return list(getattr(net, "views", None) or [()])
+
+    modules = dict(network.named_modules())
+    if name in modules and name != "":
+        owner = next((m for prefix, m in network.named_modules()
+                      if prefix and name.startswith(prefix + ".") and getattr(m, "views", None)), network)
+        return [(modules[name], views(owner))]
+    members = getattr(network, "members", None)
+    if members:
+        found = [(dict(m.named_modules()).get(name), views(m)) for m in members]
+        if all(module is not None for module, _ in found):
+            return found
+    return [(find_layer(network, name), [()])]
+
+
 class LayerCapture:
     """Context manager: records a layer's output during forward so its gradient can be taken."""
 
@@ -100,6 +129,9 @@ class LayerCapture:
     def _hook(self, module, inputs, output):
         if isinstance(output, (tuple, list)):
             output = output[0]
+        if self.output is not None:  # mirrored or ensembled evaluations: only the whole-volume path combines them
+            raise SegXAIError(f"layer {self.module.__class__.__name__} runs several times per forward pass (test-time "
+                              "mirroring or a fold ensemble); explain the whole volume (explain_tiled), which combines them")
         self.output = output
 
     def __enter__(self) -> "LayerCapture":

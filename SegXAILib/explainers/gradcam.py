@@ -140,17 +140,21 @@ def layer_passes(tiles, layers) -> tuple:
     """({layer: (activations, gradients of F)}, F) with one forward (+ backward where the target is) per window.
 
     Activations (C, d, h, w) fp32 on the CPU for every window; gradients zero where a window holds no target
-    voxel. Several layers share the passes (used to compare layers by measurement).
+    voxel. Several layers share the passes (used to compare layers by measurement). Where the network evaluates
+    a layer several times per window (nnU-Net's test-time mirroring, a fold ensemble: ``base.layer_evaluations``)
+    every evaluation is flipped back and the evaluations are stacked as channels: the layer of the function
+    explained is all of them, so HiResCAM sums their gradient × activation and Grad-CAM weighs each channel of
+    each evaluation by its own pooled gradient.
     """
-    from .base import find_layer
+    from .base import layer_evaluations
 
-    modules = {name: find_layer(tiles.network, name) for name in layers}
+    evaluations = {name: layer_evaluations(tiles.network, name) for name in layers}
     out = {name: ([], []) for name in layers}
     score = 0.0
     for n in range(len(tiles)):
-        captured = {}
-        handles = [m.register_forward_hook(lambda mod, i, o, name=name: captured.__setitem__(
-            name, o[0] if isinstance(o, (tuple, list)) else o)) for name, m in modules.items()]
+        captured = {name: [] for name in layers}
+        handles = [m.register_forward_hook(lambda mod, i, o, name=name: captured[name].append(
+            o[0] if isinstance(o, (tuple, list)) else o)) for name in layers for m, _ in evaluations[name]]
         try:
             x = tiles.tensor(tiles.image, n)
             with tiles.autocast():
@@ -158,26 +162,39 @@ def layer_passes(tiles, layers) -> tuple:
                     with torch.enable_grad():
                         s = target_score(tiles.network(x.requires_grad_(True)), tiles.class_index, tiles.share(n)).sum()
                         _check_used(layers, captured)
-                        grads = torch.autograd.grad(s, [captured[name] for name in layers])
+                        flat = [t for name in layers for t in captured[name]]
+                        flat_grads = list(torch.autograd.grad(s, flat))
+                    grads = {name: [flat_grads.pop(0) for _ in captured[name]] for name in layers}
                     score += float(s.detach())
                 else:
                     with torch.no_grad():
                         tiles.network(x)
                     _check_used(layers, captured)
-                    grads = [None] * len(layers)
+                    grads = {name: [None] * len(captured[name]) for name in layers}
         finally:
             for h in handles:
                 h.remove()
-        for name, grad in zip(layers, grads):
-            act = to_grid(tiles.network, captured[name].detach().float())[0].cpu()
-            out[name][0].append(act)
-            out[name][1].append(to_grid(tiles.network, grad.detach().float())[0].cpu() if grad is not None
-                                else torch.zeros_like(act))
+        for name in layers:
+            flips = [dims for _, views in evaluations[name] for dims in views]
+            if len(flips) != len(captured[name]):
+                raise SegXAIError(f"layer {name!r} ran {len(captured[name])} times in one window where "
+                                  f"{len(flips)} were expected; choose another layer")
+            acts, gs = [], []
+            for t, g, dims in zip(captured[name], grads[name], flips):
+                act = to_grid(tiles.network, t.detach().float())
+                acts.append(torch.flip(act, dims)[0].cpu() if dims else act[0].cpu())
+                if g is None:
+                    gs.append(torch.zeros_like(acts[-1]))
+                else:
+                    g = to_grid(tiles.network, g.detach().float())
+                    gs.append(torch.flip(g, dims)[0].cpu() if dims else g[0].cpu())
+            out[name][0].append(acts[0] if len(acts) == 1 else torch.cat(acts))
+            out[name][1].append(gs[0] if len(gs) == 1 else torch.cat(gs))
         tiles.step(n + 1, len(tiles))
     return out, score
 
 
 def _check_used(layers, captured) -> None:
-    missing = [name for name in layers if name not in captured]
+    missing = [name for name in layers if not captured.get(name)]
     if missing:
         raise SegXAIError(f"layer {missing[0]!r} was not used in the forward pass; choose another layer")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..inference import CancelToken, ProgressFn, importance, monai_padding, wants_bf16, window_starts
+from ..inference import CancelToken, ProgressFn, wants_bf16
+from ..windowing import MonaiWindowing, Windowing
 from .base import Explainer
 
 
@@ -45,18 +45,21 @@ class Tiles:
     def __init__(self, network: torch.nn.Module, image: np.ndarray, class_index: int, region: np.ndarray,
                  patch: Sequence[int], overlap: float = 0.5, device: "str | torch.device" = "cpu",
                  baseline: Optional[np.ndarray] = None, precision: str = "fp32",
-                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None, stage: str = "explaining"):
+                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None, stage: str = "explaining",
+                 windowing: Optional[Windowing] = None):
         self.network, self.class_index, self.device = network, int(class_index), torch.device(device)
-        self.patch = tuple(int(p) for p in patch)
+        # the model's own windows (nnU-Net's for an nnU-Net model); MONAI's from patch and overlap otherwise
+        self.windowing = windowing if windowing is not None else MonaiWindowing(patch, overlap)
+        self.patch = self.windowing.patch
         self.overlap, self.precision = float(overlap), precision
         self.progress, self.cancel, self.stage = progress, cancel, stage
-        self.pads = monai_padding(image.shape, self.patch)
+        self.pads = self.windowing.pads(image.shape)
         self.image = np.pad(image.astype(np.float32, copy=False), self.pads)
         self.region = np.pad(region.astype(bool, copy=False), self.pads)
         self.baseline = np.pad(baseline.astype(np.float32, copy=False), self.pads) if baseline is not None else None
         self.shape = self.image.shape
-        self.starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(self.shape, self.patch))))
-        self.importance = importance(self.patch)
+        self.starts = self.windowing.starts(self.shape)
+        self.importance = self.windowing.importance()
         self.norm = np.zeros(self.shape, dtype=np.float32)
         for n in range(len(self.starts)):
             self.norm[self.window(n)] += self.importance
@@ -145,17 +148,19 @@ def explain_tiled(
     cancel: Optional[CancelToken] = None,
     stage: str = "explaining",
     precision: str = "fp32",
+    windowing: Optional[Windowing] = None,
 ):
     """Map (K, J, I) float32 on the model grid and the summed totals, for a target class × region.
 
     ``precision`` is 'fp32', 'bf16' or 'auto', resolved per method by :func:`resolve_precision`. A method with
     its own whole-volume definition (the CAMs, occlusion, SmoothGrad) implements ``explain_tiles(tiles)``;
-    the others are summed window by window.
+    the others are summed window by window. ``windowing`` is the model's (`LoadedModel.windowing`); without it,
+    MONAI's windows of ``patch`` and ``overlap``.
     """
     device = torch.device(device)
     network.to(device)
     tiles = Tiles(network, image, class_index, region, patch, overlap, device, baseline,
-                  resolve_precision(precision, device, explainer), progress, cancel, stage)
+                  resolve_precision(precision, device, explainer), progress, cancel, stage, windowing)
     if tiles.region_voxels == 0:  # nothing to explain: the empty region's map is all zeros, for every method
         return np.zeros(image.shape, dtype=np.float32), {}
     out, totals = explain_padded(explainer, tiles)
