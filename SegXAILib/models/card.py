@@ -57,8 +57,13 @@ class ClassInfo:
 
     @classmethod
     def known(cls, value: int, name: str) -> "ClassInfo":
-        """A class with SegXAI's colour and terminology for a known name (liver, spleen, …)."""
+        """A class with SegXAI's colour and terminology for a known name (liver, spleen, …; other models' names
+        through ``terminology.lookup``); an unknown name keeps its name and gets no terminology."""
         entry = KNOWN_CLASSES.get(name.lower())
+        if entry is None:  # other models' names (TotalSegmentator's kidney_right, pancreas, …)
+            from .terminology import lookup
+
+            entry = lookup(name)
         if entry is None:
             return cls(value, name)
         terminology = {"contextName": CONTEXT, "category": entry["category"], "type": entry["type"]}

@@ -71,17 +71,51 @@ def build_network(card: ModelCard) -> nn.Module:
 
 @dataclass
 class LoadedModel:
-    """A network ready for inference, with its card and the pre-processing the card prescribes."""
+    """A network ready for inference, with its card, its pre-processing (forward and inverse) and its windows.
+
+    This is the one seam between model formats and everything downstream: SegXAI's own cards get the card's
+    `Preprocessing` and MONAI's windows; an adapter (``models/adapters``: nnU-Net v2, …) supplies its format's
+    own pre-processing (``custom_preprocessing``: called on a `Volume`, returns a `Preprocessed` that knows its
+    inverse, with a ``window`` mapping HU to the network's input) and windows (``custom_windowing``).
+    """
 
     network: nn.Module
     card: ModelCard
     folder: Path
+    format: str = "segxai"
+    custom_preprocessing: object = None
+    custom_windowing: object = None
 
     @property
     def preprocessing(self) -> Preprocessing:
+        if self.custom_preprocessing is not None:
+            return self.custom_preprocessing
         from ..preprocessing import Preprocessing
 
         return Preprocessing(self.card.spacing, self.card.window, self.card.orientation)
+
+    @property
+    def windowing(self):
+        """The model's sliding windows (`windowing.Windowing`): the segmentation and every explainer use them."""
+        if self.custom_windowing is not None:
+            return self.custom_windowing
+        from ..windowing import MonaiWindowing
+
+        return MonaiWindowing(self.card.patch, self.card.overlap)
+
+    def describe(self) -> str:
+        """One line saying what was loaded (format, classes, spacing, folds), for the CLI and the Slicer log."""
+        if self.format == "nnunetv2":
+            from .adapters.nnunet import describe
+
+            return describe(self)
+        if self.format == "monai-bundle":
+            from .adapters.monai_bundle import describe as describe_bundle
+
+            return describe_bundle(self)
+        classes = ", ".join(c.name for c in self.card.foreground)
+        return (f"SegXAI model {self.card.name} ({self.card.architecture}) from {self.folder} — spacing "
+                f"{self.card.spacing} mm, patch {self.card.patch}; {len(self.card.foreground)} classes: {classes}")
 
 
 def resolve_model_folder(name_or_path: str | os.PathLike | None) -> Path:
@@ -100,6 +134,21 @@ def resolve_model_folder(name_or_path: str | os.PathLike | None) -> Path:
     raise SegXAIError(f"no model {name_or_path!r}: not a folder with a card.json, and not a bundled model ({known})")
 
 
+def read_card(name_or_path: str | os.PathLike | None) -> ModelCard:
+    """The card of a bundled name or model folder of any recognised format, without loading weights or torch
+    (an nnU-Net folder's card is made from its dataset.json and plans.json)."""
+    from .adapters import recognise
+
+    kind = recognise(name_or_path)
+    if kind == "nnunetv2":
+        from .adapters.nnunet import read_model
+
+        return read_model(name_or_path)[0]
+    if kind == "monai-bundle":  # a bundle's classes need its network and metadata: loaded on the CPU
+        return load_model(name_or_path, "cpu").card
+    return ModelCard.load(resolve_model_folder(name_or_path) / "card.json")
+
+
 def _check_channels(network: nn.Module, card: ModelCard, source: Path) -> None:
     """Run a zero patch through the network and check it returns one channel per card class."""
     import torch
@@ -114,9 +163,15 @@ def _check_channels(network: nn.Module, card: ModelCard, source: Path) -> None:
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a bundled model by name, or a user's model folder (card.json + weights)."""
+    """Load a bundled model by name, a user's model folder (card.json + weights), or a folder of another format
+    recognised by its files (an nnU-Net v2 trained-model folder: ``models/adapters``)."""
     import torch
 
+    from .adapters import load_foreign
+
+    foreign = load_foreign(name_or_path, device)
+    if foreign is not None:
+        return foreign
     folder = resolve_model_folder(name_or_path)
     card = ModelCard.load(folder / "card.json")
     weights = folder / card.weights
