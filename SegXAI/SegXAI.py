@@ -202,15 +202,17 @@ class SegXAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return module_logic.model_choice(self.ui.modelComboBox.currentText, self._modelPaths)
 
     def onLoadModel(self) -> None:
-        """Choose a model folder (card.json + weights) and add it to the list; cancelled: back to the last model."""
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model folder (card.json + weights)")
+        """Choose a model folder (a SegXAI card + weights, or an nnU-Net v2 trained-model folder) and add it to the
+        list; cancelled: back to the last model."""
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), "Model folder (card.json + weights, or an nnU-Net v2 trained model)")
         if not folder:
             self.populateModels(select=self._lastModel)
             return
-        with slicer.util.tryWithErrorDisplay("Failed to read the model card.", waitCursor=True):
-            from SegXAILib.models.card import ModelCard
+        with slicer.util.tryWithErrorDisplay("Failed to read the model.", waitCursor=True):
+            from SegXAILib.models.store import read_card
 
-            card = ModelCard.load(Path(folder) / "card.json")
+            card = read_card(folder)
             self._modelPaths[card.name] = folder
             self.populateModels(select=card.name)
 
@@ -410,10 +412,9 @@ class SegXAILogic(ScriptedLoadableModuleLogic):
     def classNames(model: Optional[str]) -> list:
         """Target classes of ``model``: the ones its card shows it learned."""
         from SegXAILib import module_logic
-        from SegXAILib.models.card import ModelCard
-        from SegXAILib.models.store import resolve_model_folder
+        from SegXAILib.models.store import read_card
 
-        return module_logic.target_classes(ModelCard.load(resolve_model_folder(model) / "card.json"))
+        return module_logic.target_classes(read_card(model))
 
     @staticmethod
     def regionText(region, volumeNode, segmentationNode, segmentId, pointNode, radius, workDir) -> str:

@@ -57,7 +57,8 @@ def expand_inputs(inputs: list) -> list:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="bundled model name or a folder with card.json (default: the bundled default)")
+    parser.add_argument("--model", default=None, help="bundled model name, a folder with card.json, or an nnU-Net v2 "
+                        "trained-model folder (dataset.json, plans.json, fold_N/) (default: the bundled default)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
 
 
@@ -79,7 +80,7 @@ def cmd_segment(args) -> int:
         for name in (f"{stem(p)}.seg.nrrd", f"{stem(p)}_labels.nii.gz"):
             refuse_overwrite(out_dir / name, args.overwrite)
     model = load_model(args.model)
-    print(model.card.summary())
+    print(model.card.summary() if model.format == "segxai" else model.describe())
     for path in inputs:
         volume = read_volume(path)
         result = segment(volume, model, args.device, progress=tqdm_progress(f"{stem(path)}: "), name=str(path))
@@ -100,7 +101,7 @@ def cmd_evaluate(args) -> int:
     from .volume import refuse_overwrite
 
     model = load_model(args.model)
-    print(model.card.summary())
+    print(model.card.summary() if model.format == "segxai" else model.describe())
     if args.config:
         cfg = load_config(args.config, args.data_root)
         cases = [c for c in cfg.cases if not args.cases or c.id in args.cases.split(",")]
@@ -264,7 +265,7 @@ def cmd_demo(args) -> int:
     for name in ("demo.seg.nrrd", "demo_labels.nii.gz", "demo.png"):
         refuse_overwrite(out_dir / name, args.overwrite)
     model = load_model(args.model)
-    print(model.card.summary())
+    print(model.card.summary() if model.format == "segxai" else model.describe())
     volume = read_volume(sample)
     result = segment(volume, model, args.device, progress=tqdm_progress("demo: "))
     files = write_segmentation_outputs(result.labels, model.card.classes, out_dir, "demo", overwrite=args.overwrite)

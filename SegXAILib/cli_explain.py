@@ -107,6 +107,7 @@ def run(args) -> int:
         region = parse_region(args.region)
         out_dir = Path(args.output)
         model = load_model(args.model, "cpu")
+        print(f"segxai: model: {model.describe()}", file=sys.stderr)
         methods = parse_methods(args.methods or [model.card.explanation.get("default_method", "gradcam")])
         reference = read_volume(args.reference) if args.reference else None
         info = model.card.class_named(args.target) if args.target else model.card.foreground[0]

@@ -154,14 +154,13 @@ def model_choice(text: str, loaded: dict) -> Optional[str]:
 def card_of(manifest: dict):
     """The model card a finished job used (its folder is in the manifest; else the bundled model by name); None
     when it cannot be read any more (the folder was moved)."""
-    from .models.card import ModelCard
-    from .models.store import resolve_model_folder
+    from .models.store import read_card
 
     for where in (manifest.get("model_folder"), manifest.get("model")):
         if not where:
             continue
         try:
-            return ModelCard.load(resolve_model_folder(where) / "card.json")
+            return read_card(where)
         except Exception:
             continue
     return None

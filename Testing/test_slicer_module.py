@@ -127,6 +127,11 @@ def test_load_model_item_opens_folder_chooser(record):
     assert seen["chosen_selected"] == "my-own-model"
     assert seen["chosen_model"] == seen["chosen_folder"]
     assert "liver" in seen["targets_after_load"]
+    # issue 16: an nnU-Net v2 trained-model folder loads too, its classes listed from dataset.json without torch
+    assert seen["nnunet_selected"] == "Dataset999_SegXAITest/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert seen["nnunet_model"] == seen["nnunet_folder"]
+    assert seen["nnunet_targets"] == ["liver", "spleen", "kidney_right"]
+    assert seen["torch_after_nnunet"] == []
 
 
 def test_results_attach_to_processed_volume_and_metrics_use_reference_now(record):

@@ -127,6 +127,21 @@ def scenario_load_model_item(slicer, SegXAI, out, tmp):
     out["chosen_model"] = widget.selectedModel()
     out["chosen_folder"] = str(folder)
     out["targets_after_load"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
+    # an nnU-Net v2 trained-model folder: its classes come from dataset.json, without torch (not importable here)
+    import nnunet_folder
+
+    trained = Path(tmp) / "Dataset999_SegXAITest" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (trained / "fold_0").mkdir(parents=True)
+    (trained / "plans.json").write_text(json.dumps(nnunet_folder.plans()))
+    (trained / "dataset.json").write_text(json.dumps(nnunet_folder.dataset()))
+    (trained / "fold_0" / "checkpoint_final.pth").write_bytes(b"")  # never read to list the classes
+    qt.QFileDialog.next_directory = str(trained)
+    ui.modelComboBox.setCurrentText("Load model…")
+    out["nnunet_selected"] = ui.modelComboBox.currentText
+    out["nnunet_model"] = widget.selectedModel()
+    out["nnunet_folder"] = str(trained)
+    out["nnunet_targets"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
+    out["torch_after_nnunet"] = sorted(m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None)
 
 
 def scenario_results_go_to_processed_volume(slicer, SegXAI, out):
