@@ -60,6 +60,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="bundled model name, a folder with card.json, or an nnU-Net v2 "
                         "trained-model folder (dataset.json, plans.json, fold_N/) (default: the bundled default)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--trust-model", action="store_true", help="let a MONAI bundle's config name any Python "
+                        "(_target_ outside MONAI/torch, $ expressions): only for a bundle you trust")
 
 
 # ---- segment ------------------------------------------------------------------------------------
@@ -366,6 +368,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     warnings.simplefilter("ignore", category=FutureWarning)
+    if getattr(args, "trust_model", False):  # read where a MONAI bundle's config is checked (models/adapters)
+        os.environ["SEGXAI_TRUST_MODEL"] = "1"
     try:
         return int(args.func(args) or 0)
     except Cancelled as err:

@@ -40,6 +40,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    f"(default {','.join(DEFAULT_GROUPS)}; road and faithfulness_correlation cost many re-scorings)")
     p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking, ROAD noise and the random control map")
     p.add_argument("--model", default=None, help="bundled model name or model folder")
+    p.add_argument("--trust-model", action="store_true", help="let a MONAI bundle's config name any Python "
+                   "(_target_ outside MONAI/torch, $ expressions): only for a bundle you trust")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 autocast for the CAMs where bf16 is fast (GPU; CPU with AMX/AVX512-BF16), fp32 otherwise; bf16: IG too (faster, completeness error ~2 %%); LRP is always fp32")

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="integrated-gradients steps")
     p.add_argument("--quality", action="store_true", help="add the explanation scores (energy inside, pointing game, curves; slow)")
     p.add_argument("--model", default=None, help="bundled model name or a folder with card.json")
+    p.add_argument("--trust-model", action="store_true", help="let a MONAI bundle's config name any Python "
+                   "(_target_ outside MONAI/torch, $ expressions): only for a bundle you trust")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--scale", default="family", choices=("family", "map"),
                    help="colour scale of the maps: 'family' (maps of one method family share it, so they compare) "
