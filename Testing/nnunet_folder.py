@@ -96,7 +96,7 @@ def build(root, folds=(0,), plans_dict=None, configuration="3d_fullres", mirror_
     # the weights of a 3D network (a 2D configuration's folder is only built to be refused)
     arch = resolve_configuration(plans_dict, "3d_fullres" if configuration == "2d" else configuration)["architecture"]
     for f in folds:
-        torch.manual_seed(seed + 17 * int(f))
+        torch.manual_seed(seed + 17 * (int(f) if f != "all" else 99))
         net = build_network(arch, 1, len(data["labels"]))
         assert isinstance(net, PlainConvUNet)
         with torch.no_grad():  # random but not degenerate: spread the output layer's bias a little

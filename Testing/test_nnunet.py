@@ -195,10 +195,14 @@ def test_unsupported_configurations_get_one_clear_line(tmp_path):
     def other_net(p):
         p["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "os.system"
 
+    def zscore(p):
+        p["configurations"]["3d_fullres"]["normalization_schemes"] = ["ZScoreNormalization"]
+
     cases = [
         (dict(edit_dataset=regions), "regions"),
         (dict(edit_dataset=two_channels), "2 input channels"),
         (dict(edit_plans=other_net), "architecture 'os.system' is not supported"),
+        (dict(edit_plans=zscore), "normalises its input with ZScoreNormalization"),
     ]
     for n, (kw, message) in enumerate(cases):
         with pytest.raises(SegXAIError, match=message):
@@ -217,7 +221,8 @@ def test_unsupported_configurations_get_one_clear_line(tmp_path):
 
 
 def test_folder_forms_and_class_names(tmp_path):
-    folder = nnunet_folder.build(tmp_path, folds=(0, 1))
+    folder = nnunet_folder.build(tmp_path, folds=(0, 1, "all"))
+    assert load_model(folder / "fold_all").card.extra["nnunet"]["folds"] == ["fold_all"]  # only when asked for
     assert load_model(folder / "fold_1").card.extra["nnunet"]["folds"] == ["fold_1"]  # one fold alone
     model = load_model(folder.parent)  # the dataset folder with one trained model inside
     assert model.card.extra["nnunet"]["folds"] == ["fold_0", "fold_1"]

@@ -38,6 +38,9 @@ def load_checkpoint(path: "str | Path") -> dict:
     import torch
 
     path = Path(path)
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise SegXAIError(f"reading {path} safely needs PyTorch 2.5 or newer (torch.serialization.safe_globals); "
+                          f"this is {torch.__version__}: update PyTorch")
     try:
         with torch.serialization.safe_globals(_allowlist()):
             return torch.load(str(path), map_location="cpu", weights_only=True)

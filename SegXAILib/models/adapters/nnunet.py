@@ -5,8 +5,9 @@ TotalSegmentator keeps it) holds ``dataset.json``, ``plans.json`` and ``fold_N/c
 fold found is used and the folds are averaged, as ``nnUNetPredictor`` does; pointing at one ``fold_N`` folder
 uses that fold alone; pointing at a dataset folder with one trained-model folder inside uses that one.
 Supported: 3D configurations (3d_fullres, 3d_lowres and their variants) of PlainConvUNet / ResidualEncoderUNet
-with one CT or z-scored input channel and plain labels. Refused with a line that says why: 2D configurations,
-cascade stages that read the previous stage's segmentation, region-based training, several input channels.
+with one CT input channel (CTNormalization) and plain labels. Refused with a line that says why: 2D
+configurations, cascade stages that read the previous stage's segmentation, region-based training, several input
+channels, other normalisations (z-score: MRI-style models), other architectures and resampling functions.
 """
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ _FOLD = re.compile(r"^fold_(\d+|all)$")
 
 
 def _fold_dirs(folder: Path) -> list:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and _FOLD.match(p.name)
-                   and any((p / c).is_file() for c in CHECKPOINTS)), key=lambda p: p.name)
+    """The numbered folds with a checkpoint; ``fold_all`` only when it is the only one (nnU-Net's own
+    auto-detection leaves it out of the ensemble: it is trained on every case, the others on their splits)."""
+    folds = sorted((p for p in folder.iterdir() if p.is_dir() and _FOLD.match(p.name)
+                    and any((p / c).is_file() for c in CHECKPOINTS)), key=lambda p: p.name)
+    numbered = [p for p in folds if p.name != "fold_all"]
+    return numbered or folds
 
 
 def find_trained_model(path: "str | Path") -> Optional[tuple]:
@@ -114,6 +119,10 @@ def _check_configuration(plans: dict, name: str) -> dict:
                           "or a 3d_fullres model instead")
     if len(configuration.get("patch_size", [])) != 3:
         raise SegXAIError(f"configuration {name!r} is 2D; SegXAI explains 3D configurations (3d_fullres, 3d_lowres)")
+    scheme = (configuration.get("normalization_schemes") or ["CTNormalization"])[0]
+    if scheme != "CTNormalization":
+        raise SegXAIError(f"this nnU-Net model normalises its input with {scheme}; SegXAI explains CT models "
+                          "(CTNormalization), whose input has a fixed HU scale for its baselines")
     if "architecture" not in configuration:
         raise SegXAIError("these plans predate nnU-Net v2.4 (no 'architecture' entry); re-plan with a current "
                           "nnU-Net, or convert the model")
@@ -149,13 +158,14 @@ def load_nnunet(path: "str | Path", device="cpu", mirroring: bool = True):
     first = next(iter(checkpoints.values()))
     name = (first.get("init_args") or {}).get("configuration") or name
     configuration = _check_configuration(plans, name)
-    scheme = (configuration.get("normalization_schemes") or ["CTNormalization"])[0]
+    scheme = "CTNormalization"  # the only one _check_configuration lets through
     props = (plans.get("foreground_intensity_properties_per_channel") or {}).get("0", {})
-    if scheme == "CTNormalization":
-        normalisation = Normalisation(scheme, props["mean"], props["std"], props["percentile_00_5"],
-                                      props["percentile_99_5"])
-    else:
-        normalisation = Normalisation(scheme)
+    needed = ("mean", "std", "percentile_00_5", "percentile_99_5")
+    if not all(isinstance(props.get(k), (int, float)) for k in needed):
+        raise SegXAIError(f"{folder / 'plans.json'} lacks the CT intensity properties ({', '.join(needed)} under "
+                          "foreground_intensity_properties_per_channel/0) that CT normalisation needs")
+    normalisation = Normalisation(scheme, props["mean"], props["std"], props["percentile_00_5"],
+                                  props["percentile_99_5"])
     preprocessing = NnUNetPreprocessing(plans.get("transpose_forward", [0, 1, 2]), configuration["spacing"],
                                         normalisation, configuration.get("resampling_fn_data_kwargs") or {},
                                         configuration.get("resampling_fn_probabilities_kwargs") or {})
@@ -179,8 +189,7 @@ def load_nnunet(path: "str | Path", device="cpu", mirroring: bool = True):
         "trainer": first.get("trainer_name", ""), "mirroring_axes": list(axes or []), "normalisation": scheme,
         "architecture": configuration["architecture"]["network_class_name"],
         "transpose_forward": plans.get("transpose_forward", [0, 1, 2])})
-    if scheme == "CTNormalization":
-        card.window = [normalisation.lower, normalisation.upper]
+    card.window = [normalisation.lower, normalisation.upper]
     return LoadedModel(net.to(device), card, folder, format="nnunetv2", custom_preprocessing=preprocessing,
                        custom_windowing=NnUNetWindowing(card.patch, step=0.5))
 

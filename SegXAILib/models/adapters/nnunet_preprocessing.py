@@ -2,7 +2,7 @@
 
 Forward (as ``DefaultPreprocessor.run_case_npy``): SimpleITK's array (k, j, i) with no reorientation, axes
 permuted by the plans' ``transpose_forward``; cropped to the bounding box of the non-zero voxels (holes filled);
-normalised (CT: clip to the foreground's 0.5/99.5 percentiles, minus the mean, over the std; or z-score); then
+normalised (CT: clip to the foreground's 0.5/99.5 percentiles, minus the mean, over the std); then
 resized to the configuration's spacing, new shape round(old spacing / new spacing · n), with a scikit-image-style
 resize (``scipy.ndimage.zoom`` on voxel edges, edge mode, clipped to the input's range): cubic in-plane, and
 nearest neighbour along a coarse axis when one spacing is over 3× another (``separate z``).
@@ -97,8 +97,8 @@ def nonzero_box(data: np.ndarray) -> list:
 
 @dataclass
 class Normalisation:
-    """nnU-Net's per-channel intensity normalisation: 'CTNormalization' (fixed, from the plans) or
-    'ZScoreNormalization' (the image's own mean and std, computed when applied)."""
+    """nnU-Net's CT normalisation ('CTNormalization'): clip to the foreground's 0.5/99.5 percentiles, minus the
+    foreground mean, over its std (all from the plans), in float32. The adapter refuses other schemes."""
 
     scheme: str
     mean: float = 0.0
@@ -106,30 +106,19 @@ class Normalisation:
     lower: float = -np.inf
     upper: float = np.inf
 
-    SCHEMES = ("CTNormalization", "ZScoreNormalization")
-
     def __post_init__(self) -> None:
-        if self.scheme not in self.SCHEMES:
-            raise SegXAIError(f"nnU-Net normalisation {self.scheme!r} is not supported; supported: "
-                              f"{', '.join(self.SCHEMES)}")
+        if self.scheme != "CTNormalization":
+            raise SegXAIError(f"nnU-Net normalisation {self.scheme!r} is not supported; supported: CTNormalization")
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         image = image.astype(np.float32, copy=True)
-        if self.scheme == "CTNormalization":
-            np.clip(image, self.lower, self.upper, out=image)
-            image -= self.mean
-            image /= max(self.std, 1e-8)
-        else:
-            mean, std = image.mean(), image.std()
-            image -= mean
-            image /= max(std, 1e-8)
+        np.clip(image, self.lower, self.upper, out=image)
+        image -= self.mean
+        image /= max(self.std, 1e-8)
         return image
 
     def value_of(self, hu: float) -> float:
-        """The normalised value of one HU number (baselines for IG and the removal scores); CT normalisation only."""
-        if self.scheme != "CTNormalization":
-            raise SegXAIError("a fixed HU baseline needs CT normalisation; this nnU-Net model z-scores each image, "
-                              "so use --baseline zero or blur")
+        """The normalised value of one HU number (baselines for IG and the removal scores)."""
         return float((np.clip(hu, self.lower, self.upper) - self.mean) / max(self.std, 1e-8))
 
 
