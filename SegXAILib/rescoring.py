@@ -1,9 +1,10 @@
 """Re-scoring a perturbed image cheaply: the class probability over a region from only the windows that reach it.
 
-MONAI's Gaussian-blended sliding window gives each voxel Σ_w g_w·logit_w / Σ_w g_w over the windows w that cover
-it, so a voxel of the region depends only on the windows that overlap the region's bounding box. Running just
-those windows, placed exactly where MONAI places them on the whole grid, gives the same probabilities as a full
-pass (tested against ``inference.sliding_window_logits``) at a fraction of the cost on a small organ.
+A Gaussian-blended sliding window (MONAI's, or the model's own ``windowing.Windowing``) gives each voxel
+Σ_w g_w·logit_w / Σ_w g_w over the windows w that cover it, so a voxel of the region depends only on the windows
+that overlap the region's bounding box. Running just those windows, placed exactly where the sliding window places
+them on the whole grid, gives the same probabilities as a full pass (tested against
+``inference.sliding_window_logits``) at a fraction of the cost on a small organ.
 """
 from __future__ import annotations
 
@@ -12,11 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data.utils import dense_patch_slices
-from monai.inferers.utils import _get_scan_interval
-
 from .errors import SegXAIError
-from .inference import importance, monai_padding
 
 
 def bounding_box(region: np.ndarray) -> tuple:
@@ -32,32 +29,26 @@ def bounding_box(region: np.ndarray) -> tuple:
     return tuple(lo), tuple(hi)
 
 
-def monai_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list:
-    """The window slices MONAI's ``sliding_window_inference`` visits on a grid of ``shape`` (after its padding)."""
-    shape, patch = tuple(int(s) for s in shape), tuple(int(p) for p in patch)
-    interval = _get_scan_interval(shape, patch, len(shape), (float(overlap),) * len(shape))
-    return [tuple(s) for s in dense_patch_slices(shape, patch, interval, return_slice=True)]
-
-
 class CroppedRegionScore:
     """``score(image) -> float``: mean softmax probability of ``class_index`` over ``region``, from the windows
     that overlap the region's bounding box only (equal to the full sliding-window pass; see module docstring)."""
 
     def __init__(self, network: torch.nn.Module, class_index: int, region: np.ndarray, patch: Sequence[int],
                  overlap: float, device="cpu", sw_batch_size: int = 2, windowing=None) -> None:
+        from .windowing import MonaiWindowing
+
+        # the model's own windows (nnU-Net's for an nnU-Net model); MONAI's of patch and overlap otherwise
+        windowing = windowing if windowing is not None else MonaiWindowing(patch, overlap)
         self.network, self.class_index = network, int(class_index)
         self.device = torch.device(device)
-        self.patch = tuple(int(p) for p in (windowing.patch if windowing is not None else patch))
+        self.patch = windowing.patch
         self.sw_batch_size = max(int(sw_batch_size), 1)
         self.shape = tuple(region.shape)
-        self.pads = windowing.pads(self.shape) if windowing is not None else monai_padding(self.shape, self.patch)
+        self.pads = windowing.pads(self.shape)
         padded_region = np.pad(region.astype(bool), self.pads)
         lo, hi = bounding_box(padded_region)
-        if windowing is not None:  # the model's own windows (nnU-Net's for an nnU-Net model)
-            windows = [tuple(slice(a, a + p) for a, p in zip(start, self.patch))
-                       for start in windowing.starts(padded_region.shape)]
-        else:
-            windows = monai_windows(padded_region.shape, self.patch, overlap)
+        windows = [tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+                   for start in windowing.starts(padded_region.shape)]
         self.windows = [w for w in windows
                         if all(s.start < h and s.stop > l for s, l, h in zip(w, lo, hi))]
         # the part of the padded grid the chosen windows span: the only part that is ever read or written
@@ -66,8 +57,7 @@ class CroppedRegionScore:
         self.total_windows = len(windows)
         local = padded_region[tuple(slice(l, h) for l, h in zip(self.lo, self.hi))]
         self.region_local = torch.from_numpy(np.ascontiguousarray(local))
-        # as the model's sliding window weighs (MONAI's Gaussian, clamped, unless the model has its own windows)
-        self.weight = torch.from_numpy(windowing.importance() if windowing is not None else importance(self.patch))
+        self.weight = torch.from_numpy(windowing.importance())  # as the model's sliding window weighs
 
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Blended logits (C, ...) over the span of the chosen windows (padded-grid coordinates from ``self.lo``)."""
