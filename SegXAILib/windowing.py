@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .errors import SegXAIError
 from .inference import CancelToken, ProgressFn, importance, monai_padding, sliding_window_logits, window_starts
 
 
@@ -150,12 +151,16 @@ class NnUNetWindowing(Windowing):
                 win = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
                 with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
                     out = network(x[win][None, None].to(device))[0]
-                out = out.float().cpu()  # as nnU-Net: the window's logits in float32, times the float16 Gaussian,
-                out *= gaussian  # added into float16 sums (each addition rounded to float16)
+                # as nnU-Net: the window's logits (float32 on a CPU, float16 under CUDA autocast) times the float16
+                # Gaussian in their own precision, added into float16 sums (each addition rounded to float16)
+                out = (out * gaussian.to(out.device, out.dtype)).cpu()
                 if total is None:
                     total = torch.zeros((out.shape[0],) + tuple(x.shape), dtype=dtype)
                 total[(slice(None),) + win] += out
                 weights[win] += gaussian
                 progress(stage, done / len(starts))
             torch.div(total, weights, out=total)
+            if torch.isinf(total).any():  # nnU-Net refuses the same overflow of its float16 sums
+                raise SegXAIError("the model's logits overflow nnU-Net's float16 sums (inf); its own predictor stops "
+                                  "here too")
         return total.clone()  # a normal tensor again (outside inference mode it may be changed in place)

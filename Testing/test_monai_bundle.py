@@ -127,6 +127,7 @@ def _marker_command(marker: Path) -> str:
     ("postprocessing#transforms#0#other", "$torch.hub.load('x', 'y')", "torch.hub.load"),
     ("network_def#_target_", "monai.networks.utils.save_state", "save_state"),
     ("preprocessing#transforms#0", {"_target_": "Lambdad", "keys": "image", "func": "$os.system"}, "os.system"),
+    ("network_def#pretrained_url", "http://127.0.0.1:9/weights.pth", "fetch"),  # weights from elsewhere at build time
 ])
 def test_code_in_a_config_is_refused_and_not_run(bundle, tmp_path, key, value, names):
     from SegXAILib.models.store import load_model

@@ -163,6 +163,11 @@ def _is_component_class(module: str, name: str) -> bool:
     return isinstance(obj, type) and issubclass(obj, (torch.nn.Module, Transform, Inferer))
 
 
+#: constructor arguments that make a MONAI network fetch or read weights at build time (pretrained=True,
+#: pretrained_url=…, pretrained_path=…): refused, since SegXAI reads weights only from the bundle's model.pt
+_FETCHES = re.compile(r"^(pretrained\w*|\w*_url|\w*(checkpoint|weights?)_path|load_from)$", re.IGNORECASE)
+
+
 def check_value(key: str, value) -> None:
     """Check one config value (recursively) as the module docstring says."""
     if isinstance(value, dict):
@@ -176,6 +181,9 @@ def check_value(key: str, value) -> None:
                 raise refuse(sub, v, f"is not one of {', '.join(_MODES)}")
             elif k == "reader" and isinstance(v, str) and not v.startswith(("$", "@")):
                 check_reader(sub, v)
+            elif _FETCHES.match(str(k)) and v not in (None, False, "", 0):
+                raise refuse(sub, v, "asks the network or transform to fetch or read weights from elsewhere "
+                             "(a download or another file) when it is built")
             else:
                 check_value(sub, v)
     elif isinstance(value, (list, tuple)):
