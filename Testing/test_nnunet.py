@@ -4,6 +4,7 @@ CT, its own window steps and Gaussian for the explainers' single-graph oracle; i
 The model folders are built at test time with ``dynamic_network_architectures`` (``nnunet_folder.py``)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -246,7 +247,7 @@ def one_graph_nnunet(network, image, patch, axes, layer):
     captured = []
     module = dict(plain.named_modules())[layer]
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
-    flips = [()] + [c for i in range(len(axes)) for c in __import__("itertools").combinations([a + 2 for a in axes], i + 1)]
+    flips = [()] + [c for i in range(len(axes)) for c in itertools.combinations([a + 2 for a in axes], i + 1)]
     total, weight, where = 0, torch.zeros(tuple(image.shape)), []
     try:
         for sx in steps[0]:

@@ -51,7 +51,7 @@ class Tiles:
         # the model's own windows (nnU-Net's for an nnU-Net model); MONAI's from patch and overlap otherwise
         self.windowing = windowing if windowing is not None else MonaiWindowing(patch, overlap)
         self.patch = self.windowing.patch
-        self.overlap, self.precision = float(overlap), precision
+        self.precision = precision
         self.progress, self.cancel, self.stage = progress, cancel, stage
         self.pads = self.windowing.pads(image.shape)
         self.image = np.pad(image.astype(np.float32, copy=False), self.pads)

@@ -102,6 +102,17 @@ def scenario_open_without_torch(slicer, SegXAI, out):
     out["widgets_with_parameter"] = sorted(n for n in vars(ui) if getattr(ui, n).property("SlicerParameterName"))
 
 
+def choose_model_folder(widget, folder) -> tuple:
+    """Pick "Load model…" and answer the chooser with ``folder``: (the list's text, the model passed on, targets)."""
+    import qt
+
+    ui = widget.ui
+    qt.QFileDialog.next_directory = str(folder)
+    ui.modelComboBox.setCurrentText("Load model…")
+    targets = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
+    return ui.modelComboBox.currentText, widget.selectedModel(), targets
+
+
 def scenario_load_model_item(slicer, SegXAI, out, tmp):
     """Picking "Load model…" opens the folder chooser; a chosen folder is added and selected; cancel goes back."""
     import qt
@@ -121,12 +132,8 @@ def scenario_load_model_item(slicer, SegXAI, out, tmp):
     folder = Path(tmp) / "my-own-model-folder"
     folder.mkdir(parents=True)
     (folder / "card.json").write_text(json.dumps(card))
-    qt.QFileDialog.next_directory = str(folder)
-    ui.modelComboBox.setCurrentText("Load model…")
-    out["chosen_selected"] = ui.modelComboBox.currentText
-    out["chosen_model"] = widget.selectedModel()
+    out["chosen_selected"], out["chosen_model"], out["targets_after_load"] = choose_model_folder(widget, folder)
     out["chosen_folder"] = str(folder)
-    out["targets_after_load"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
     # an nnU-Net v2 trained-model folder: its classes come from dataset.json, without torch (not importable here)
     import nnunet_folder
 
@@ -135,12 +142,8 @@ def scenario_load_model_item(slicer, SegXAI, out, tmp):
     (trained / "plans.json").write_text(json.dumps(nnunet_folder.plans()))
     (trained / "dataset.json").write_text(json.dumps(nnunet_folder.dataset()))
     (trained / "fold_0" / "checkpoint_final.pth").write_bytes(b"")  # never read to list the classes
-    qt.QFileDialog.next_directory = str(trained)
-    ui.modelComboBox.setCurrentText("Load model…")
-    out["nnunet_selected"] = ui.modelComboBox.currentText
-    out["nnunet_model"] = widget.selectedModel()
+    out["nnunet_selected"], out["nnunet_model"], out["nnunet_targets"] = choose_model_folder(widget, trained)
     out["nnunet_folder"] = str(trained)
-    out["nnunet_targets"] = [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count)]
     out["torch_after_nnunet"] = sorted(m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None)
 
 
