@@ -50,6 +50,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sanity", action="store_true", help="also run the cascading model-randomisation check (Adebayo et "
                    "al.; three more explanations per method)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--progress", default="bar", choices=("bar", "lines"), help="bar: progress bars on stderr; lines: "
+                   "one JSON object per update on stderr ({\"stage\": ..., \"fraction\": ...}), for a program that "
+                   "shows the progress itself (segxai review)")
     p.set_defaults(func=run)
     return p
 
@@ -64,6 +67,25 @@ def output_names(out_dir: Path, stem: str, methods, class_name: str, quality: bo
     if quality:
         names["curves"] = out_dir / f"{stem}_explain_curves.png"
     return names
+
+
+class _ProgressLines:
+    """One JSON line per progress update on stderr (``--progress lines``); repeated updates of a stage at the same
+    whole per cent are not written again."""
+
+    def __init__(self) -> None:
+        self.last = None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        import json
+
+        key = (stage, int(100 * fraction))
+        if key != self.last:
+            self.last = key
+            print(json.dumps({"stage": stage, "fraction": round(float(fraction), 4)}), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class _Progress:
@@ -104,7 +126,7 @@ def run(args) -> int:
     from .targets import parse_region
     from .volume import read_volume
 
-    progress = _Progress()
+    progress = _ProgressLines() if getattr(args, "progress", "bar") == "lines" else _Progress()
     try:
         region = parse_region(args.region)
         out_dir = Path(args.output)
@@ -130,6 +152,8 @@ def run(args) -> int:
             write_volume(m.map.like(m.map.array.astype("float32", copy=False)), names[name], args.overwrite)
         report = result.to_json()
         report["input"] = str(args.input)
+        if args.reference:
+            report["reference"] = str(args.reference)  # segxai review shows it and the metrics against it
         report["files"] = {k: str(v) for k, v in names.items()}
         scored = dict({n: m.quality for n, m in result.methods.items()}, **{f"control: {n}": c for n, c in result.controls.items()})
         curves = {n: curve_of(q) for n, q in scored.items() if "deletion_curve" in q}

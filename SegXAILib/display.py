@@ -235,6 +235,8 @@ class SegmentStyle:
 
 
 SEGMENTS = SegmentStyle()
+#: a reference segmentation's outline (white: apart from every class colour and from both map colour maps)
+REFERENCE_COLOR = (255, 255, 255)
 
 
 # ---- which classes a model card vouches for ---------------------------------------------------------

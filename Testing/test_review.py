@@ -30,8 +30,13 @@ from helpers import RINGED_LIVER as LIVER, RINGED_SPLEEN as SPLEEN  # noqa: E402
 HOT = (slice(None), slice(22, 38), slice(18, 34))  # large map values, inside the liver
 
 
-def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0.0) -> dict:
-    """A results folder as ``segxai explain`` lays it out: CT, labels + .seg.nrrd, a Grad-CAM and an IG map, report."""
+REFERENCE_SHIFT = 3  # the reference liver: the labelled liver moved 3 voxels in j (towards anterior)
+DIM = (slice(None), slice(22, 38), slice(18, 26))  # the first half (in i) of the hot box holds half the top value
+
+
+def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0.0, dim=DIM) -> dict:
+    """A results folder as ``segxai explain`` lays it out: CT, labels + .seg.nrrd, a Grad-CAM and an IG map, a
+    reference liver, the report (with deletion/insertion curves for both methods and both controls)."""
     from SegXAILib.outputs import write_segmentation_outputs
     from SegXAILib.volume import write_json_atomic, write_volume
 
@@ -40,6 +45,8 @@ def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0
     ct, labels, rng = ringed_ct()
     grad = np.full(ct.shape, 0.02, np.float32)  # faint everywhere: must not show
     grad[hot] = 1.0
+    if dim is not None:
+        grad[dim] = 0.5  # shown at the default threshold, hidden at the highest
     ig = rng.normal(0, 0.01, ct.shape).astype(np.float32)
     ig[hot] = -1.0  # IG's negative (blue) where Grad-CAM is hot (yellow): a switch must change the colour there
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,17 +54,28 @@ def write_case(folder: Path, stem: str = "case", hot=HOT, score_shift: float = 0
     write_segmentation_outputs(ct.like(labels), CLASSES, folder, stem)
     write_volume(ct.like(grad), folder / f"{stem}_gradcam_liver.nrrd")
     write_volume(ct.like(ig), folder / f"{stem}_ig_liver.nrrd")
+    reference = np.roll(labels == 1, REFERENCE_SHIFT, axis=1).astype(np.uint8)
+    write_volume(ct.like(reference), folder / f"{stem}_reference_liver.nii.gz")
+    fractions = [i / 10 for i in range(11)]
+    curves = {"gradcam": ([1 - f ** 0.3 for f in fractions], [f ** 0.3 for f in fractions]),
+              "ig": ([1 - f for f in fractions], [f for f in fractions]),
+              "random": ([1 - f ** 2 for f in fractions], [f ** 2 for f in fractions]),
+              "edge": ([1 - f ** 1.5 for f in fractions], [f ** 1.5 for f in fractions])}
+
+    def with_curves(name, scores):
+        deletion, insertion = curves[name]
+        return dict(scores, curve_fractions=fractions, deletion_curve=deletion, insertion_curve=insertion)
+
     quality = {"gradcam": {"energy_inside": 0.8125 - score_shift, "pointing_game": True, "deletion_auc": 0.3141 + score_shift,
                            "insertion_auc": 0.7071 - score_shift},
                "ig": {"energy_inside": 0.4375, "pointing_game": False, "deletion_auc": 0.5432, "insertion_auc": 0.2468}}
     report = {"model": "segxai-test-model", "layer": "model.2",
               "target": {"class": "liver", "value": 1, "region": "the predicted liver", "region_voxels": int(labels.sum())},
-              "device": "cpu", "methods": {m: {"params": {}, "seconds": 1.0, "checks": {}, "quality": q, "warnings": []}
-                                           for m, q in quality.items()}}
+              "device": "cpu", "methods": {m: {"params": {}, "seconds": 1.0, "checks": {}, "quality": with_curves(m, q),
+                                               "warnings": []} for m, q in quality.items()},
+              "controls": {n: with_curves(n, {"deletion_auc": 0.5, "insertion_auc": 0.3}) for n in ("random", "edge")},
+              "reference": str(folder / f"{stem}_reference_liver.nii.gz")}
     report["methods"]["ig"]["checks"] = {"completeness_error": 0.0123}
-    from PIL import Image
-
-    Image.fromarray(np.full((40, 60, 3), (10, 200, 30), np.uint8)).save(folder / f"{stem}_explain_curves.png")
     write_json_atomic(report, folder / f"{stem}_explain.json")
     return report
 
@@ -274,7 +292,7 @@ def page(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("review") / "out"
     report = write_case(out)
-    other = write_case(out, "other", hot=(slice(None), slice(50, 66), slice(46, 66)), score_shift=0.25)  # in the spleen
+    other = write_case(out, "other", hot=(slice(None), slice(50, 66), slice(46, 66)), score_shift=0.25, dim=None)  # in the spleen
     before = folder_digest(out)
     driver = browser_or_skip()
     served = Served(out)
@@ -339,6 +357,11 @@ def changed_from(page, before: np.ndarray):
     return check
 
 
+def numbers(scores: dict) -> dict:
+    """The scores a table shows: the numbers (the curves' lists are plotted, not listed)."""
+    return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+
+
 def scores_shown(driver) -> dict:
     rows = driver.find_elements("css selector", "#scores .score-row")
     return {r.find_element("css selector", ".score-name").text: r.find_element("css selector", ".score-value").text
@@ -356,14 +379,9 @@ def test_page_shows_the_map_in_the_liver_the_ct_elsewhere_and_the_report_scores(
     shown = wait_for(lambda: scores_shown(driver) or None)
     expected = page["report"]["methods"]["gradcam"]["quality"]
     assert "Deletion AUC" in shown and "Insertion AUC" in shown
-    for key, value in expected.items():
+    for key, value in numbers(expected).items():
         assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
     assert "liver" in driver.find_element("id", "about").text and "segxai-test-model" in driver.find_element("id", "about").text
-    curves = driver.find_element("id", "curves").get_attribute("src")  # the plot's own bytes, as a data: URL
-    assert curves.startswith("data:image/png;base64,")
-    import base64
-
-    assert base64.b64decode(curves.split(",", 1)[1]) == (page["out"] / "case_explain_curves.png").read_bytes()
 
     current = page["axial"]()
     set_slider(driver, "opacity", Keys.HOME)
@@ -393,6 +411,126 @@ def test_page_shows_the_map_in_the_liver_the_ct_elsewhere_and_the_report_scores(
     hot = full[r0 + 2 * margin:r1 - 2 * margin, c0 + 2 * margin:c1 - 2 * margin].reshape(-1, 3).mean(axis=0)
     assert hot[0] > hot[2] + 60, f"Grad-CAM's top values are inferno's yellow, got {hot}"
     page["gradcam_full"] = (full, (r0, r1, c0, c1), margin)
+    page["ct_alone"] = ct_alone
+
+
+def screen_box(square, j0, j1, i0, i1) -> tuple:
+    """(row0, row1, col0, col1) on screen of voxels j0..j1, i0..i1 of the 80 x 80 ringed CT (A up, patient right
+    on screen left), inside the CT's picture ``square``."""
+    top, bottom, left, right = square
+    height, width = bottom - top, right - left
+    return (top + int((1 - j1 / 80) * height), top + int((1 - j0 / 80) * height),
+            left + int((1 - i1 / 80) * width), left + int((1 - i0 / 80) * width))
+
+
+def test_the_threshold_hides_the_values_below_it(page):
+    """Grad-CAM's box: the half at 0.5 of the top shows at the default threshold (0.1) and goes at the highest
+    (0.9), while the half at the top value stays; back at 0.1 the picture is the first one again."""
+    from selenium.webdriver.common.keys import Keys
+
+    driver = page["driver"]
+    if "gradcam_full" not in page:
+        pytest.skip("needs the pictures of the first page test")
+    full, ct_alone, margin = page["gradcam_full"][0], page["ct_alone"], page["gradcam_full"][2]
+    square = ct_square(ct_alone)
+    set_slider(driver, "threshold", Keys.END)
+    high = wait_for(changed_from(page, full))
+    r0, r1, dim0, dim1 = screen_box(square, 22, 38, 18, 26)
+    _, _, bright0, bright1 = screen_box(square, 22, 38, 26, 34)
+    rows, dim, bright = slice(r0 + margin, r1 - margin), slice(dim0 + margin, dim1 - margin), slice(bright0 + margin, bright1 - margin)
+    shown_then = np.abs(full.astype(int) - ct_alone).max(axis=2) > 30
+    shown_now = np.abs(high.astype(int) - ct_alone).max(axis=2) > 30
+    save_artefacts(threshold_high=high)
+    assert shown_then[rows, dim].mean() > 0.9 and shown_then[rows, bright].mean() > 0.9
+    assert shown_now[rows, dim].mean() < 0.02, "values at half the top still show at threshold 0.9"
+    assert shown_now[rows, bright].mean() > 0.9, "the top values went too"
+    set_slider(driver, "threshold", Keys.HOME)
+    for _ in range(2):  # 0 -> 0.1 in the slider's steps of 0.05
+        set_slider(driver, "threshold", Keys.ARROW_RIGHT)
+
+    def back():  # the half at 0.5 shows again (the legend beside the CT is redrawn, so not the whole picture)
+        now = page["axial"]()
+        return now is not None and now.shape == full.shape and (
+            np.abs(now.astype(int) - ct_alone).max(axis=2)[rows, dim] > 30).mean() > 0.9
+
+    wait_for(back)
+
+
+def test_the_reference_is_outlined_and_the_metrics_are_its(page):
+    """The report names a reference liver (the labelled liver moved 3 voxels): the page lists Dice, IoU and the
+    volumes as counted here from the two boxes, an HD95 within the shift, and draws the reference as a white
+    outline where the moved box lies."""
+    from SegXAILib.review.reference import METRICS
+
+    driver = page["driver"]
+    if "ct_alone" not in page:
+        pytest.skip("needs the pictures of the first page test")
+    rows = wait_for(lambda: driver.find_elements("css selector", "#metrics .metric-row"))
+    shown = {r.find_element("css selector", ".metric-name").text: float(r.find_element("css selector", ".metric-value").text)
+             for r in rows}
+    names = {key: name for key, name, _ in METRICS}
+    predicted = np.zeros((6, 80, 80), bool)
+    predicted[LIVER] = True
+    reference = np.roll(predicted, REFERENCE_SHIFT, axis=1)
+    both = np.count_nonzero(predicted & reference)
+    voxel_ml = 1.5 * 1.5 * 3.0 / 1000
+    assert shown[names["dice"]] == pytest.approx(2 * both / (predicted.sum() + reference.sum()), rel=5e-3)
+    assert shown[names["iou"]] == pytest.approx(both / np.count_nonzero(predicted | reference), rel=5e-3)
+    assert shown[names["volume_ref_ml"]] == pytest.approx(reference.sum() * voxel_ml, rel=5e-3)
+    assert 0 < shown[names["hd95_mm"]] <= REFERENCE_SHIFT * 1.5 + 1e-6  # no surface point is further than the shift
+    note = driver.find_element("id", "reference-note").text
+    assert "case_reference_liver.nii.gz" in note and "label value 1" in note
+    ct_alone = page["ct_alone"]  # opacity 0: the CT, the outlines
+    square = ct_square(ct_alone)
+    top, bottom, left, right = square
+    white = ct_alone.min(axis=2) >= 240  # the outline; the legend's text is white too, at the view's right
+    r0, r1, c0, c1 = screen_box(square, 14 + REFERENCE_SHIFT, 46 + REFERENCE_SHIFT, 10, 42)
+    slack = int(np.ceil((right - left) / 80)) + 2
+    save_artefacts(reference_white=(white[..., None] * np.array([255, 255, 255])).astype(np.uint8))
+
+    def along(rows, cols) -> float:  # share of an edge's positions with a white pixel within the slack
+        return float(np.mean([white[r, c].any() for r, c in zip(rows, cols)]))
+
+    span_c = range(c0 + slack, c1 - slack)
+    span_r = range(r0 + slack, r1 - slack)
+    assert along([slice(r0 - slack, r0 + slack)] * len(span_c), span_c) > 0.9, "no outline along the top edge"
+    assert along([slice(r1 - slack, r1 + slack)] * len(span_c), span_c) > 0.9, "no outline along the bottom edge"
+    assert along(span_r, [slice(c0 - slack, c0 + slack)] * len(span_r)) > 0.9, "no outline along the left edge"
+    interior = white[r0 + slack:r1 - slack, c0 + slack:c0 + int(0.8 * (c1 - c0))]
+    assert interior.mean() < 0.01, "white inside the reference box: not an outline"
+
+
+def curve_values(driver, kind: str) -> dict:
+    """{method: stroke colour} of the plot of ``kind`` and the shown method's point values (from their titles)."""
+    svg = driver.find_element("css selector", f"#curves svg[data-kind={kind}]")
+    strokes = {line.get_attribute("data-method"): line.get_attribute("stroke")
+               for line in svg.find_elements("css selector", "polyline")}
+    titles = [c.find_element("tag name", "title").get_attribute("textContent") for c in svg.find_elements("tag name", "circle")]
+    return {"strokes": strokes, "values": [float(t.rsplit("score ", 1)[1]) for t in titles], "svg": svg}
+
+
+def test_the_curves_are_the_reports_and_follow_the_method(page):
+    """Both plots hold every method and both controls; the shown method's points are the report's values, drawn
+    in the shown colour, falling on the deletion plot and rising on the insertion plot (the picture's pixels)."""
+    from SegXAILib.review.curves import SHOWN_COLOUR
+
+    driver = page["driver"]
+    wait_for(lambda: driver.find_elements("css selector", "#curves svg"))
+    shown_rgb = np.array([int(SHOWN_COLOUR[i:i + 2], 16) for i in (1, 3, 5)])
+    quality = page["report"]["methods"]["gradcam"]["quality"]
+    for kind, falls in (("deletion", True), ("insertion", False)):
+        plot = curve_values(driver, kind)
+        assert set(plot["strokes"]) == {"gradcam", "ig", "control: random", "control: edge"}
+        assert plot["strokes"]["gradcam"] == SHOWN_COLOUR and plot["strokes"]["ig"] != SHOWN_COLOUR
+        assert plot["values"] == pytest.approx(quality[f"{kind}_curve"], abs=5e-3)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot["svg"])  # the drawer scrolls
+        pixels = element_pixels(plot["svg"]).astype(int)
+        save_artefacts(**{f"curves_{kind}": pixels.astype(np.uint8)})
+        ours = np.abs(pixels - shown_rgb).max(axis=2) < 40
+        rows, cols = np.nonzero(ours)
+        assert rows.size > 20, f"the shown curve is not drawn on the {kind} plot"
+        first, last = rows[cols <= cols.min() + 3].mean(), rows[cols >= cols.max() - 3].mean()
+        assert (first < last) if falls else (first > last), f"the {kind} curve goes the wrong way on screen"
 
 
 def test_switching_the_method_changes_the_overlay_and_the_scores(page):
@@ -404,17 +542,22 @@ def test_switching_the_method_changes_the_overlay_and_the_scores(page):
     if "gradcam_full" not in page:
         pytest.skip("needs the picture of the test before")
     full, (r0, r1, c0, c1), margin = page["gradcam_full"]
+    before = wait_for(page["axial"])  # now, not the first test's picture: the tests between redrew the legend
     start = time.perf_counter()
     driver.find_element("id", "method-ig").click()
-    switched = wait_for(changed_from(page, full), pause=0.02, tries=3000)
+    switched = wait_for(changed_from(page, before), pause=0.02, tries=3000)
     page["figures"]["method_switch_s"] = time.perf_counter() - start
     hot = switched[r0 + 2 * margin:r1 - 2 * margin, c0 + 2 * margin:c1 - 2 * margin].reshape(-1, 3).mean(axis=0)
     assert hot[2] > hot[0] + 60, f"IG's negative values are blue, got {hot}"
     report = page["report"]["methods"]["ig"]
     shown = wait_for(lambda: (lambda s: s if plain_name("completeness_error") in s else None)(scores_shown(driver)))
-    for key, value in dict(report["quality"], **report["checks"]).items():
+    for key, value in numbers(dict(report["quality"], **report["checks"])).items():
         assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
     assert driver.find_element("id", "legend").text.startswith("Integrated Gradients: liver")
+    from SegXAILib.review.curves import SHOWN_COLOUR
+
+    plot = wait_for(lambda: (lambda p: p if p["strokes"].get("ig") == SHOWN_COLOUR else None)(curve_values(driver, "deletion")))
+    assert plot["values"] == pytest.approx(report["quality"]["deletion_curve"], abs=5e-3)
     artefacts = os.environ.get("SEGXAI_RENDER_ARTEFACTS")
     if artefacts:
         Path(artefacts).mkdir(parents=True, exist_ok=True)
@@ -436,7 +579,7 @@ def test_choosing_another_case_shows_its_picture_and_scores(page):
     expected = page["other"]["methods"]["gradcam"]["quality"]
     wanted = f"{expected['energy_inside']:.3g}"
     shown = wait_for(lambda: (lambda s: s if s.get(plain_name("energy_inside")) == wanted else None)(scores_shown(driver)))
-    for key, value in expected.items():
+    for key, value in numbers(expected).items():
         assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
     wait_for(changed_from(page, before))
     page["figures"]["case_switch_s"] = time.perf_counter() - start

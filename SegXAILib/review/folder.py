@@ -40,15 +40,6 @@ class Case:
     segmentation: Optional[Path]
     ct: Optional[Path]
     notes: list = field(default_factory=list)
-    curves: Optional[Path] = None    # the deletion/insertion plot segxai explain drew
-
-    def curves_data_url(self) -> str:
-        """The curves plot as a data: URL (the page gets the picture, never a route to the folder); "" if none."""
-        import base64
-
-        if self.curves is None:
-            return ""
-        return "data:image/png;base64," + base64.b64encode(self.curves.read_bytes()).decode("ascii")
 
     @property
     def target_class(self) -> str:
@@ -96,10 +87,8 @@ def find_cases(folder, ct: Optional[str] = None) -> list:
                 notes.append(f"map {name} is missing")
         labels = inside(root, f"{stem}_labels.nii.gz")
         segmentation = inside(root, f"{stem}.seg.nrrd")
-        curves = inside(root, f"{stem}_explain_curves.png")
         cases.append(Case(stem, report, maps, labels if labels.is_file() else None,
-                          segmentation if segmentation.is_file() else None, find_ct(root, stem, report, ct), notes,
-                          curves if curves.is_file() else None))
+                          segmentation if segmentation.is_file() else None, find_ct(root, stem, report, ct), notes))
     if not cases:
         raise SegXAIError(f"{folder} holds no *{REPORT_SUFFIX}; give the folder segxai explain wrote (-o)")
     return cases

@@ -25,6 +25,15 @@ def build_ui(server, layout_manager, title: str):
         with ui.drawer as drawer:
             drawer.width = 380
             with v.VContainer(classes="pa-3", style="font-size: 13px"):
+                with html.Div(id="progress", v_show="computing || progress.length || progress_error"):
+                    html.Div("Computing: {{ progress_stage }}", classes="text-subtitle-2", v_show="computing")
+                    v.VProgressLinear(indeterminate=True, v_show="computing", color="primary", classes="mb-1")
+                    with html.Table(classes="progress-list", style="font-size: 12px"):
+                        with html.Tr(v_for="row in progress", key="row.name", classes="progress-row"):
+                            html.Td("{{ row.name }}", classes="progress-name", style="padding-right: 8px")
+                            html.Td("{{ row.text }}", classes="progress-text")
+                    html.Div("{{ progress_error }}", id="progress-error", v_show="progress_error",
+                             classes="text-error mt-1")
                 v.VSelect(label="Case", v_model=("case_name", ""), items=("cases", []), id="case-select",
                           density="compact", v_show="cases.length > 1")
                 html.Div("Method", classes="text-subtitle-2")
@@ -48,8 +57,15 @@ def build_ui(server, layout_manager, title: str):
                         html.Td("{{ row.name }}", classes="score-name", style="padding-right: 8px")
                         html.Td("{{ row.text }}", classes="score-value", style="text-align: right; padding-right: 8px")
                         html.Td("{{ row.good.split(':')[0] }}", classes="score-good text-grey-darken-1")
-                html.Div("Deletion and insertion curves", classes="text-subtitle-2 mt-3", v_show="curves")
-                html.Img(src=("curves", ""), id="curves", v_show="curves", style="width: 100%")
+                with html.Div(v_show="metrics.length || reference_note", id="reference"):
+                    html.Div("Segmentation against the reference", classes="text-subtitle-2 mt-3")
+                    html.Div("{{ reference_note }}", id="reference-note", classes="text-caption")
+                    with html.Table(id="metrics", style="border-collapse: collapse"):
+                        with html.Tr(v_for="row in metrics", key="row.key", title=("row.good",), classes="metric-row"):
+                            html.Td("{{ row.name }}", classes="metric-name", style="padding-right: 8px")
+                            html.Td("{{ row.text }}", classes="metric-value", style="text-align: right")
+                html.Div("Deletion and insertion curves", classes="text-subtitle-2 mt-3", v_show="curves_html")
+                html.Div(v_html=("curves_html", ""), id="curves")
                 html.Div("{{ notes }}", id="notes", classes="mt-2 text-caption")
         ui.footer.clear()  # no Kitware banner over the bottom of the views
         with ui.content:

@@ -16,8 +16,9 @@ from typing import Optional
 
 from ..errors import SegXAIError
 from . import folder as results
+from .curves import curves_html, curves_of
 from .page import build_ui, scores_table
-from .session import CaseScene, build_scene_file, map_entries, new_work_dir
+from .session import CaseScene, build_scene_file, case_reference, map_entries, new_work_dir
 
 TOKEN_COOKIE = "segxai_review_token"
 
@@ -50,18 +51,28 @@ def token_middleware(token: str):
 
 
 class ReviewApp:
-    """The cases of one folder in one trame-slicer application."""
+    """The cases of one folder in one trame-slicer application; with ``job`` (an :class:`~.compute.ExplainJob`),
+    the folder is first filled by ``segxai explain`` while the page shows its progress."""
 
-    def __init__(self, out_dir, ct: Optional[str] = None, token: Optional[str] = None, server_name: str = "segxai-review"):
+    def __init__(self, out_dir, ct: Optional[str] = None, token: Optional[str] = None, server_name: str = "segxai-review",
+                 reference: Optional[str] = None, job=None):
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
 
-        self.folder = Path(out_dir).resolve()
-        self.cases = {c.stem: c for c in results.find_cases(self.folder, ct)}
-        self.token = token
+        self.token, self.ct, self.reference, self.job = token, ct, reference, job
         self.work = new_work_dir()
+        if job is not None:
+            job.out_dir = Path(job.out_dir or Path(self.work.name) / "results")
+            job.out_dir.mkdir(parents=True, exist_ok=True)
+            self.folder, self.cases = job.out_dir.resolve(), {}
+        else:
+            self.folder = Path(out_dir).resolve()
+            self.cases = {c.stem: c for c in results.find_cases(self.folder, ct)}
+            if reference and len(self.cases) > 1:
+                raise SegXAIError(f"--reference names one case's reference, and {self.folder} holds {len(self.cases)} "
+                                  f"cases; give each its own with segxai explain --reference (the review shows it)")
         self.server = get_server(server_name, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.app = SlicerApp()
@@ -71,17 +82,59 @@ class ReviewApp:
         self.layout = LayoutManager(self.app.scene, self.app.view_manager, self.server)
         self.layout.register_layout_dict(LayoutManager.default_grid_configuration())
         self.current: Optional[CaseScene] = None
+        self.curves: dict = {}
         state = self.server.state
         state.trame__title = "SegXAI review"
         state.cases = list(self.cases)
-        state.case_name = state.cases[0]
-        build_ui(self.server, self.layout, f"SegXAI review — {self.folder.name}")
+        state.case_name = state.cases[0] if state.cases else ""
+        state.computing = job is not None
+        state.progress, state.progress_error, state.progress_stage = [], "", ""
+        state.metrics, state.reference_note, state.curves_html = [], "", ""
+        title = f"SegXAI review — {job.ct.name if job is not None else self.folder.name}"
+        build_ui(self.server, self.layout, title)
         self.layout.set_layout("Quad View")
-        self.load_case(state.case_name)
+        if state.case_name:
+            self.load_case(state.case_name)
         state.change("case_name")(self._on_case)
         state.change("method", "opacity", "faint")(self._on_display)
         if token:
             self.server.controller.on_server_bind.add(self._protect)
+        if job is not None:
+            self.server.controller.on_server_ready.add(self._start_job)
+            self.server.controller.on_server_exited.add(lambda **_: job.cancel())
+
+    # ---- computing first ------------------------------------------------------------------------
+    def _start_job(self, **_) -> None:
+        import asyncio
+
+        self._job_task = asyncio.get_event_loop().create_task(self._run_job())
+
+    def _show_progress(self, job) -> None:
+        state = self.server.state
+        with state:
+            state.progress = job.lines()
+            state.progress_stage = job.stages[-1].name if job.stages else "loading the model"
+
+    async def _run_job(self) -> None:
+        """Follow the explain process; when it is done, show its case (or its one-line error)."""
+        job, state = self.job, self.server.state
+        try:
+            code = await job.run(self._show_progress)
+        except Exception as error:  # the process could not start: say so in the page, keep serving
+            code, job.messages = -1, job.messages + [f"segxai: error: could not start segxai explain: {error}"]
+            job.returncode = code
+        with state:
+            state.computing = False
+            if code != 0:
+                state.progress_error = job.error or f"segxai explain exited with {code}"
+                return
+            try:
+                self.cases = {c.stem: c for c in results.find_cases(self.folder, self.ct)}
+                state.cases = list(self.cases)
+                state.case_name = state.cases[0]
+                self.load_case(state.case_name)
+            except SegXAIError as error:
+                state.progress_error = str(error)
 
     def _register_missing_node_classes(self) -> None:
         """Colour legends: a node class Slicer's module logics register and trame-slicer's app does not."""
@@ -103,7 +156,8 @@ class ReviewApp:
             raise SegXAIError(f"no case {stem!r} in {self.folder}")
         case = self.cases[stem]
         entries = map_entries(case)
-        mrml = build_scene_file(case, Path(self.work.name) / stem)
+        reference, note = case_reference(case, self.reference)
+        mrml = build_scene_file(case, Path(self.work.name) / "scenes" / stem, reference)
         scene = self.app.scene
         if self.current is not None:  # the previous case's nodes go, with their display and storage nodes
             from .. import scene as bridge
@@ -118,7 +172,9 @@ class ReviewApp:
         state.methods = [{"name": m, "title": look.method_info(m).title} for m in self.current.methods]
         state.about = [{"name": k, "text": v} for k, v in case.describe().items() if v]
         state.notes = "; ".join(case.notes)
-        state.curves = case.curves_data_url()
+        state.metrics = reference.rows() if reference is not None else []
+        state.reference_note = note
+        self.curves = curves_of(case.report)
         state.method = self.current.method or ""
         self._on_display(method=state.method, opacity=state.opacity or look.DEFAULT_OPACITY,
                          faint=state.faint if state.faint is not None else look.FAINT)
@@ -161,6 +217,7 @@ class ReviewApp:
         state = self.server.state
         state.legend = current.legend()
         state.scores = scores_table(current.entries[current.method][1]) if current.method else []
+        state.curves_html = curves_html(self.curves, current.method) if current.method else ""
         for view in self.app.view_manager.get_views():
             view.schedule_render()
 
@@ -185,6 +242,8 @@ class ReviewApp:
             self.server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
         finally:
             sys.argv = argv
+            if self.job is not None:
+                self.job.cancel()
             self.work.cleanup()
 
 

@@ -32,8 +32,31 @@ def map_entries(case: Case) -> list:
     return out
 
 
-def build_scene_file(case: Case, work_dir) -> Path:
-    """The case's scene as ``<work_dir>/<stem>.mrml`` (CT, segments with 3D surfaces, every map styled)."""
+def case_reference(case: Case, given=None) -> tuple:
+    """``(Reference or None, note)``: the reference given (``--reference``) or the one ``segxai explain --reference``
+    recorded in the report, read against the case's labels; the note says what was compared, or why nothing was."""
+    from .reference import read_reference
+
+    path = given or case.report.get("reference")
+    if not path:
+        return None, ""
+    if case.labels is None:
+        return None, f"the reference {path} is not compared: the case has no label file ({case.stem}_labels.nii.gz)"
+    if not Path(path).is_file():
+        return None, f"the reference {path} (recorded by segxai explain) is missing; give it with --reference FILE"
+    from ..volume import read_volume
+
+    target = case.report.get("target") or {}
+    if target.get("value") is None:
+        return None, "the report does not say the explained class's label value; the reference is not compared"
+    reference = read_reference(path, read_volume(case.labels), int(target["value"]))
+    return reference, (f"Predicted {case.target_class} against the reference {Path(path).name} ({reference.read_as}; "
+                       f"white outline)")
+
+
+def build_scene_file(case: Case, work_dir, reference=None) -> Path:
+    """The case's scene as ``<work_dir>/<stem>.mrml`` (CT, segments with 3D surfaces, every map styled, and the
+    reference's outline when given)."""
     from .. import scene as bridge
     from ..volume import read_volume
 
@@ -50,7 +73,22 @@ def build_scene_file(case: Case, work_dir) -> Path:
                   "region": (case.report.get("target") or {}).get("region")}
     bridge.show_results(node, labels, segment_classes(case) if labels is not None else [], map_entries(case),
                         provenance, show_3d=labels is not None)
+    if reference is not None:
+        add_reference_outline(node, ct.like(reference.mask.astype("uint8")), case.target_class, provenance)
     return bridge.save_scene(Path(work_dir) / f"{case.stem}.mrml")
+
+
+def add_reference_outline(input_node, mask, class_name: str, provenance: dict):
+    """The reference of the explained class as its own segmentation: a white outline (``display.REFERENCE_COLOR``),
+    no 3D surface, so the predicted outline and the map stay readable beside it."""
+    from .. import scene as bridge
+    from ..models.card import ClassInfo
+
+    info = ClassInfo(1, f"reference {class_name}", list(look.REFERENCE_COLOR))
+    node = bridge.add_segmentation(input_node, mask, [ClassInfo(0, "background"), info], provenance, show_3d=False)
+    node.SetName(f"{input_node.GetName()} reference {class_name}")
+    node.SetAttribute(bridge.ROLE, "reference")
+    return node
 
 
 def focus_point(case: Case, entries: list):
