@@ -16,7 +16,7 @@ from . import __version__
 from .errors import Cancelled, SegXAIError
 
 #: sub-commands provided by other modules, registered when they import (explain, scene)
-PLUGINS = ("cli_explain", "cli_scene", "cli_review", "cli_export")
+PLUGINS = ("cli_explain", "cli_scene", "cli_review", "cli_export", "cli_batch")
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
