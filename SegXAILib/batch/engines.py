@@ -50,21 +50,24 @@ def finish(record: dict, key: Optional[dict], manifest: Manifest) -> dict:
 def run_local(pending: list, model, params: BatchParams, out_dir: Path, manifest: Manifest,
               log: Callable[[str], None]) -> list:
     """One process, one model: read → segment → explain → write per case, a progress bar over the cases."""
+    import torch
     from tqdm import tqdm
 
+    threads = torch.get_num_threads()
     if params.threads:
-        import torch
-
         torch.set_num_threads(params.threads)
     done = []
     bar = tqdm(pending, desc="cases", unit="case", file=sys.stderr,
                disable=not sys.stderr.isatty() and os.environ.get("SEGXAI_PROGRESS") != "1")
-    for spec, key in bar:
-        bar.set_postfix_str(spec.name)
-        record = finish(process_case(read_case(spec), model, params, out_dir), key, manifest)
-        log(_line(record))
-        done.append(record)
-    bar.close()
+    try:
+        for spec, key in bar:
+            bar.set_postfix_str(spec.name)
+            record = finish(process_case(read_case(spec), model, params, out_dir), key, manifest)
+            log(_line(record))
+            done.append(record)
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)  # a library call leaves the caller's setting as it was
     return done
 
 

@@ -133,7 +133,10 @@ def write_plot(rows: list, path: Path) -> Path:
         ax.set_title(column)
     if scores:
         ax = axes[0][len(panels)]
-        ax.boxplot(list(scores.values()), vert=False)
+        try:
+            ax.boxplot(list(scores.values()), orientation="horizontal")
+        except TypeError:  # matplotlib before 3.10
+            ax.boxplot(list(scores.values()), vert=False)
         ax.set_yticks(range(1, len(scores) + 1), list(scores.keys()), fontsize=7)
         ax.set_title("explanation scores (explained class)")
     if n == 0:
