@@ -23,6 +23,16 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
+def _crop_to_both(pred: np.ndarray, ref: np.ndarray) -> tuple:
+    """Both masks cut to their union's bounding box plus one empty voxel where the array allows: the surfaces and
+    the distances between them stay exactly the same (a box edge is an array edge only where it was one), and the
+    distance transforms run over the organ, not the whole CT."""
+    where = np.argwhere(pred | ref)
+    lo, hi = np.maximum(where.min(0) - 1, 0), np.minimum(where.max(0) + 2, pred.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return pred[box], ref[box]
+
+
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
     """95th percentile of symmetric surface distances in mm (inf if exactly one mask is empty, nan if both)."""
     pred, ref = pred.astype(bool), ref.astype(bool)
@@ -30,6 +40,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
         return float("nan")
     if not pred.any() or not ref.any():
         return float("inf")
+    pred, ref = _crop_to_both(pred, ref)
     sp, sr = surface(pred), surface(ref)
     # distance from every voxel to the nearest surface voxel of the other mask; spacing in array (K, J, I) order
     d_to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)

@@ -92,20 +92,23 @@ def _fault_env() -> dict:
 
 
 def run_ray(pending: list, model_name, params: BatchParams, out_dir: Path, manifest: Manifest,
-            log: Callable[[str], None], address: Optional[str] = None, workers: Optional[int] = None) -> list:
+            log: Callable[[str], None], address: Optional[str] = None, workers: Optional[int] = None,
+            timing: Optional[dict] = None) -> list:
     """One actor per GPU (or CPU slot) loading the model once; a read task per case feeding the actors.
 
     An actor that dies (a killed worker) is restarted once and its case retried; a case whose actor dies twice
-    is recorded as failed.
+    is recorded as failed. ``timing['startup']`` receives the seconds until every worker had its model.
     """
+    timing = {} if timing is None else timing
     ray = import_ray()
+    t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
         env = {"env_vars": _fault_env()}
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(num_cpus=min(os.cpu_count() or 1, 2 if workers is None else max(workers, 1)),
+            ray.init(num_cpus=max(workers or os.cpu_count() or 1, 1),
                      include_dashboard=False, runtime_env=env, log_to_driver=False)
     try:
         resources = ray.cluster_resources()
@@ -115,6 +118,8 @@ def run_ray(pending: list, model_name, params: BatchParams, out_dir: Path, manif
         worker_class = ray.remote(max_restarts=1, max_task_retries=1, **per_actor)(CaseWorker)
         threads = params.threads or 1
         actors = [worker_class.remote(model_name, params, str(out_dir), threads) for _ in range(slots)]
+        ray.get([a.ready.remote() for a in actors])  # every worker has loaded the model
+        timing["startup"] = time.perf_counter() - t0
         reader = ray.remote(num_cpus=0)(read_case)
         idle, busy, queue, done = list(actors), {}, list(pending), []
         while queue or busy:
@@ -152,6 +157,9 @@ class CaseWorker:
         torch.set_num_threads(threads)
         self.model, self.params, self.out_dir = load_model(model_name, "cpu"), params, Path(out_dir)
 
+    def ready(self) -> bool:
+        return True
+
     def process(self, loaded) -> dict:
         record = process_case(loaded, self.model, self.params, self.out_dir)
         record["worker_pid"] = os.getpid()
@@ -175,27 +183,35 @@ def run_batch(cases: list, out_dir: str | os.PathLike, params: BatchParams, mode
         import_ray()  # one line naming what to install, before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
     model = load_model(model_name, "cpu")
+    timing = {"model_load": time.perf_counter() - t}
     if params.target:
         model.card.class_named(params.target)  # a wrong --target fails before any case
     manifest = Manifest(out_dir)
+    t = time.perf_counter()
     pending, skipped, unreadable = plan(cases, out_dir, params, model)
+    timing["plan"] = time.perf_counter() - t  # hashing the inputs
     for record in unreadable:
         finish(record, None, manifest)
         log(_line(record))
     if skipped:
         log(f"skipping {len(skipped)} case(s) already done with these inputs, model and parameters")
     t = time.perf_counter()
-    if engine == "local":
+    if not pending:
+        records = []  # nothing to do: no Ray start-up either
+    elif engine == "local":
         records = run_local(pending, model, params, out_dir, manifest, log)
     else:
-        records = run_ray(pending, model_name, params, out_dir, manifest, log, address, workers)
+        records = run_ray(pending, model_name, params, out_dir, manifest, log, address, workers, timing)
     seconds = time.perf_counter() - t
+    t = time.perf_counter()
     for spec in cases:
         remove_leftovers(out_dir, spec.name)
     everything = [manifest.read(c.name) for c in (all_cases or cases)]
     everything = [r for r in everything if r]
     files = write_results(everything, out_dir, len(skipped))
-    return {"ran": len(records), "skipped": len(skipped), "failed": sum(r["status"] != "done" for r in everything),
+    timing["tables"] = time.perf_counter() - t
+    return {"timing": timing, "ran": len(records), "skipped": len(skipped), "failed": sum(r["status"] != "done" for r in everything),
             "done": sum(r["status"] == "done" for r in everything), "seconds": seconds, "records": records,
             "files": files}

@@ -248,7 +248,9 @@ def process_case(loaded: LoadedCase, model, params: BatchParams, out_dir: str | 
         maybe_fault(spec.name)
         publish(staging, out_dir / spec.name)
         record["seconds"]["write"] = time.perf_counter() - t
+        t = time.perf_counter()
         record["rows"] = case_rows(result, info, card, loaded, groups)
+        record["seconds"]["evaluate"] = time.perf_counter() - t
         record["status"], record["error"] = "done", None
     except Exception as err:  # a bad case is recorded and the others go on
         record["error"] = one_line(err)
