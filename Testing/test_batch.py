@@ -205,6 +205,21 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_changed(cohort, capsys, tmp_
     assert not leftovers(out)
 
 
+def test_a_case_list_group_of_two_classes_is_scored_as_their_union(cohort, capsys, tmp_path):
+    """A case list whose label value 1 means liver and spleen together (as patient A's 5 means liver+liver tumor)."""
+    folder = cohort["folder"] / "cases"
+    (tmp_path / "list.json").write_text(json.dumps({"data_root": str(folder), "cases": [
+        {"id": "grouped", "image": "ct0.nii.gz", "label": "ref0.nii.gz", "groups": {"1": ["liver", "spleen"]}}]}))
+    code, _, _ = batch(capsys, tmp_path / "list.json", tmp_path / "out", cohort["model"])
+    assert code == 0
+    labels = sitk.ReadImage(str(tmp_path / "out" / "grouped" / "ct0_labels.nii.gz"))
+    pred = np.isin(sitk.GetArrayFromImage(labels), [1, 2])
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "ref0.nii.gz"))) == 1
+    row = next(r for r in table(tmp_path / "out") if r["class"] == "liver+spleen")
+    assert float(row["dice"]) == pytest.approx(2 * np.count_nonzero(pred & ref) / (pred.sum() + ref.sum()), rel=1e-12)
+    assert float(row["volume_ml"]) == pytest.approx(pred.sum() * np.prod(labels.GetSpacing()) / 1000, rel=1e-9)
+
+
 def test_shards_split_the_cases_and_build_one_table(cohort, capsys, tmp_path):
     cases, out = copy_cohort(cohort, tmp_path), tmp_path / "out"
     specs = read_cases(str(cases))
@@ -244,11 +259,20 @@ def test_a_run_killed_mid_case_and_restarted_ends_with_every_case_done_once(coho
     assert_same_case_folder(out / "ct1", cohort["out"] / "ct1")
 
 
-def test_ray_gives_the_same_table_as_local_with_a_worker_killed_mid_case(cohort, capsys, tmp_path, monkeypatch):
-    pytest.importorskip("ray")
-    out, marker = tmp_path / "out-ray", tmp_path / "killed"
-    monkeypatch.setenv("SEGXAI_BATCH_FAULT", "ct1:exit")  # handed to Ray's workers: ct1's first worker dies mid-write
-    monkeypatch.setenv("SEGXAI_BATCH_FAULT_MARKER", str(marker))
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    """One local Ray for this module's tests (2 CPUs, as on CI), its workers told to die once in case ct1 mid-write;
+    segxai batch joins a running session and leaves it running."""
+    ray = pytest.importorskip("ray")
+    marker = tmp_path_factory.mktemp("ray") / "killed"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {
+        "SEGXAI_BATCH_FAULT": "ct1:exit", "SEGXAI_BATCH_FAULT_MARKER": str(marker), "OMP_NUM_THREADS": "1"}})
+    yield marker
+    ray.shutdown()
+
+
+def test_ray_gives_the_same_table_as_local_with_a_worker_killed_mid_case(cohort, capsys, tmp_path, ray_session):
+    out, marker = tmp_path / "out-ray", ray_session
     code, text, _ = batch(capsys, cohort["cases"], out, cohort["model"], "--engine", "ray", "--threads", "1")
     assert code == 0 and marker.exists()
     records = manifest(out)
@@ -293,3 +317,21 @@ def test_bad_batch_arguments_get_one_line(tmp_path, capsys, argv, says):
     code = main(["batch", *argv, "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and says in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_ray_and_local_give_the_same_table_on_a_shared_patient(data_dir, capsys, tmp_path, ray_session):
+    """Patient D (liver and tumour labelled apart, a declared geometry) with the bundled U-Net."""
+    listed = json.loads((ROOT / "configs" / "cases" / "all-patients.json").read_text())
+    chosen = [c for c in listed["cases"] if c["id"] == "lits_117_crop"]
+    (tmp_path / "cases.json").write_text(json.dumps({"data_root": str(data_dir), "cases": chosen}))
+    argv = ["batch", str(tmp_path / "cases.json"), "--model", "segxai-resunet-3mm", "--methods", "hirescam",
+            "--scores", "localisation", "--threads", "1"]
+    assert main(argv + ["-o", str(tmp_path / "local")]) == 0
+    assert main(argv + ["-o", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    capsys.readouterr()
+    rows = {(r["case"], r["class"]): r for r in table(tmp_path / "local")}
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert float(rows[("lits_117_crop", "liver")]["dice"]) > 0.5  # a training patient of the model
+    assert rows[("lits_117_crop", "liver tumor")]["dice"] != ""
+    assert (tmp_path / "ray" / "results.csv").read_text() == (tmp_path / "local" / "results.csv").read_text()

@@ -242,16 +242,16 @@ def process_case(loaded: LoadedCase, model, params: BatchParams, out_dir: str | 
                                  segment=seg.get("inference", 0.0) + seg.get("postprocess", 0.0),
                                  explain=result.seconds["total"] - result.seconds["segment"])
         t = time.perf_counter()
+        rows = case_rows(result, info, card, loaded, groups)
+        record["seconds"]["evaluate"] = time.perf_counter() - t
+        t = time.perf_counter()
         staging.mkdir(parents=True)
         write_explain_outputs(result, model, info, methods, params.quality, staging, out_dir / spec.name, spec,
                               spec.reference if reference is not None else None)
         maybe_fault(spec.name)
         publish(staging, out_dir / spec.name)
         record["seconds"]["write"] = time.perf_counter() - t
-        t = time.perf_counter()
-        record["rows"] = case_rows(result, info, card, loaded, groups)
-        record["seconds"]["evaluate"] = time.perf_counter() - t
-        record["status"], record["error"] = "done", None
+        record["rows"], record["status"], record["error"] = rows, "done", None
     except Exception as err:  # a bad case is recorded and the others go on
         record["error"] = one_line(err)
     finally:
