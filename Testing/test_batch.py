@@ -296,11 +296,11 @@ def test_cases_come_from_a_folder_a_glob_a_csv_or_a_case_list(tmp_path):
         (tmp_path / sub / "ct.nii.gz").write_bytes(b"")
     (tmp_path / "a" / "x.nrrd").write_bytes(b"")
     assert [c.name for c in read_cases(str(tmp_path / "a"))] == ["ct", "x"]
-    assert [c.name for c in read_cases(str(tmp_path / "*" / "ct.nii.gz"))] == ["a-ct", "b-ct"]  # clashing stems
+    assert [c.name for c in read_cases(str(tmp_path / "*" / "ct.nii.gz"))] == ["a", "b"]  # clashing stems: the folders
     (tmp_path / "list.csv").write_text("CT,Label,Target\na/ct.nii.gz,a/x.nrrd,spleen\nb/ct.nii.gz,,\n")
     specs = read_cases(str(tmp_path / "list.csv"))
     assert [(c.name, c.reference, c.target) for c in specs] == [
-        ("a-ct", str(tmp_path / "a" / "x.nrrd"), "spleen"), ("b-ct", None, None)]
+        ("a", str(tmp_path / "a" / "x.nrrd"), "spleen"), ("b", None, None)]
     listed = read_cases(str(ROOT / "configs" / "cases" / "all-patients.json"))
     assert [c.name for c in listed] == ["ircad_1.17", "lits_117_crop", "totalseg_dicom", "totalseg_example"]
     assert listed[3].groups[5] == ["liver", "liver tumor"] and listed[1].geometry["axes"] == ["S", "P", "L"]

@@ -116,15 +116,18 @@ def _relative(base: Path, text: str) -> Path:
 
 
 def _named(items: list, names: Optional[list] = None) -> list:
-    """CaseSpecs named by the given name, else the file's stem; stems that clash take their folder's name in front."""
+    """CaseSpecs named by the given name, else the file's stem; files whose stems clash (``*/ct.nii.gz``) are named
+    by their folder, or by folder-stem where the folders' names clash too."""
     stems = [stem(p) for p, _, _ in items]
+    parents = [Path(p).resolve().parent.name for p, _, _ in items]
     chosen = []
     for i, (p, _, _) in enumerate(items):
         given = names[i] if names else None
         if given:
             chosen.append(given)
         elif stems.count(stems[i]) > 1:
-            chosen.append(f"{Path(p).resolve().parent.name}-{stems[i]}")
+            same = [parents[j] for j in range(len(items)) if stems[j] == stems[i]]
+            chosen.append(parents[i] if same.count(parents[i]) == 1 else f"{parents[i]}-{stems[i]}")
         else:
             chosen.append(stems[i])
     _check_unique(chosen, "the cases")
