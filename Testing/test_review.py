@@ -589,3 +589,110 @@ def test_a_session_leaves_the_results_folder_unchanged(page):
     from SegXAILib.review.folder import folder_digest
 
     assert folder_digest(page["out"]) == page["before"]
+
+
+# ---- computing first: segxai review CT --model M ------------------------------------------------------------
+def test_review_says_what_it_cannot_show_or_compute(tmp_path):
+    """No traceback, one line naming the problem: a missing input, an empty folder, computing options given with a
+    results folder, a results folder (-o) that is not empty."""
+    from types import SimpleNamespace
+
+    from SegXAILib.cli_review import plan
+
+    def args(folder, **given):
+        base = {n: None for n in ("ct", "reference", "output", "model", "methods", "target", "region", "layer", "steps",
+                                  "scores", "device")}
+        base.update(no_quality=False, trust_model=False)
+        base.update(given)
+        return SimpleNamespace(folder=str(folder), **base)
+
+    with pytest.raises(SegXAIError, match="does not exist"):
+        plan(args(tmp_path / "missing.nii.gz"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SegXAIError, match="is empty"):
+        plan(args(tmp_path / "empty"))
+    write_case(tmp_path / "out")
+    with pytest.raises(SegXAIError, match="--model only apply when computing"):
+        plan(args(tmp_path / "out", model="segxai-resunet-3mm"))
+    folder, job = plan(args(tmp_path / "out"))
+    assert folder == tmp_path / "out" and job is None
+    with pytest.raises(SegXAIError, match="not empty"):
+        plan(args(tmp_path / "out" / "case.nii.gz", output=str(tmp_path / "out")))
+    folder, job = plan(args(tmp_path / "out" / "case.nii.gz", model="segxai-resunet-3mm", methods="hirescam", no_quality=True))
+    assert folder is None and job.options == ["--model", "segxai-resunet-3mm", "--methods", "hirescam", "--no-quality"]
+
+
+def test_progress_lines_become_stages_with_their_times():
+    """segxai explain's JSON lines, as the page lists them: a stage lasts from its first line to the next stage's
+    first line (then it is complete), other lines are kept as messages."""
+    from SegXAILib.review.compute import ExplainJob
+
+    job = ExplainJob(Path("ct.nii.gz"), None, [])
+    feed = [('segxai: model: segxai-resunet-3mm', 0.0), ('{"stage": "segmenting", "fraction": 0.0}', 1.0),
+            ('{"stage": "segmenting", "fraction": 0.5}', 3.0), ('{"stage": "hirescam", "fraction": 0.25}', 6.0)]
+    assert [job.follow(line, t) for line, t in feed] == [False, True, True, True]
+    assert job.messages == ["segxai: model: segxai-resunet-3mm"]
+    assert job.lines(now=10.0) == [{"name": "segmenting", "text": "100%, 5.0 s"}, {"name": "hirescam", "text": "25%, 4.0 s"}]
+
+
+def test_a_failing_computation_ends_with_its_one_line_error(tmp_path):
+    """A file that is no CT: the background segxai explain fails, and the job gives its own one-line error (what the
+    page shows), not a traceback; nothing is written."""
+    import asyncio
+
+    from SegXAILib.review.compute import ExplainJob
+
+    bad = tmp_path / "notes.nii.gz"
+    bad.write_text("this is not an image")
+    job = ExplainJob(bad, tmp_path / "results", ["--model", "segxai-resunet-3mm", "--no-quality"])
+    seen = []
+    code = asyncio.run(job.run(lambda j: seen.append(len(j.messages))))
+    assert code == 1 and seen, job.messages
+    assert job.error and "notes.nii.gz" in job.error and "Traceback" not in "\n".join(job.messages)
+    assert not any((tmp_path / "results").iterdir())
+
+
+def test_review_of_a_ct_computes_first_with_its_progress_in_the_page(tmp_path):
+    """segxai review on the bundled sample CT with a bundled model: the page lists the stages of the run with their
+    progress, then shows the map (HiResCAM, its legend, colours over the CT) from the results kept in -o."""
+    require_web()
+    from selenium.webdriver.common.keys import Keys
+
+    from SegXAILib.volume import Volume, read_volume, write_volume
+
+    out = tmp_path / "results"
+    sample = read_volume(ROOT / "Resources" / "Samples" / "ct_totalseg_A.nii.gz")
+    k0, j0, i0 = 40, 10, 30  # the liver's part of the sample (about one window of the model: a CI-sized run)
+    shift = np.eye(4)
+    shift[:3, 3] = [i0, j0, k0]
+    ct = tmp_path / "ct_liver.nii.gz"
+    write_volume(Volume(np.ascontiguousarray(sample.array[k0:, j0:96, i0:]), sample.ijk_to_ras @ shift), ct)
+    driver = browser_or_skip()
+    served = Served(ct, "--model", "segxai-resunet-3mm", "--methods", "hirescam", "--no-quality", "-o", str(out))
+    try:
+        driver.get(served.url)
+        def legend_text():  # the page may not be drawn yet
+            found = driver.find_elements("id", "legend")
+            return found[0].text if found else ""
+
+        legend = wait_for(lambda: (lambda t: t if t.startswith("HiResCAM: liver") else None)(legend_text()), tries=6000)
+        assert "HiResCAM" in legend
+        stages = [r.find_element("css selector", ".progress-name").text
+                  for r in driver.find_elements("css selector", "#progress .progress-row")]
+        assert len(stages) >= 2 and any("hirescam" in s.lower() for s in stages), stages
+        assert not driver.find_element("id", "progress-error").text
+        assert (out / "ct_liver_explain.json").is_file() and (out / "ct_liver_hirescam_liver.nrrd").is_file()
+
+        def axial():
+            images = driver.find_elements("css selector", "#views img")
+            return element_pixels(images[3]) if len(images) >= 4 and min(images[3].size.values()) >= 8 else None
+
+        shown = wait_for(lambda: (lambda p: p if p is not None and (p.max(axis=2) > 20).mean() > 0.2 else None)(axial()))
+        set_slider(driver, "opacity", Keys.HOME)
+        ct_alone = wait_for(lambda: (lambda p: p if p is not None and np.abs(p.astype(int) - shown).max() > 30 else None)(axial()))
+        differs = np.abs(shown.astype(int) - ct_alone).max(axis=2) > 30
+        save_artefacts(computed=shown)
+        assert differs.mean() > 0.005, "no map over the CT"
+    finally:
+        driver.quit()
+        served.stop()

@@ -34,11 +34,15 @@ def explain_options(args) -> list:
 
 @dataclass
 class Stage:
-    """One stage of the run as the page lists it: its name, how far it got, its seconds so far."""
+    """One stage of the run as the page lists it: its name, how far it got, when it began and ended (monotonic s)."""
 
     name: str
+    started: float
     fraction: float = 0.0
-    seconds: float = 0.0
+    ended: Optional[float] = None
+
+    def seconds(self, now: float) -> float:
+        return (self.ended if self.ended is not None else now) - self.started
 
 
 @dataclass
@@ -51,7 +55,6 @@ class ExplainJob:
     stages: list = field(default_factory=list)
     messages: list = field(default_factory=list)   # stderr lines that are not progress (model, warnings, errors)
     returncode: Optional[int] = None
-    started: float = 0.0                            # monotonic time the current stage began
     process: Optional[asyncio.subprocess.Process] = None
 
     @property
@@ -80,11 +83,10 @@ class ExplainJob:
             return False
         stage = str(update["stage"])
         if not self.stages or self.stages[-1].name != stage:
-            self.stages.append(Stage(stage))
-            self.started = now
-        current = self.stages[-1]
-        current.fraction = float(update["fraction"])
-        current.seconds = now - self.started
+            if self.stages:  # the next stage began: the one before is complete
+                self.stages[-1].ended, self.stages[-1].fraction = now, 1.0
+            self.stages.append(Stage(stage, now))
+        self.stages[-1].fraction = float(update["fraction"])
         return True
 
     async def run(self, on_change: Callable[["ExplainJob"], None]) -> int:
@@ -99,6 +101,8 @@ class ExplainJob:
             self.follow(raw.decode("utf-8", "replace").rstrip("\n"), time.monotonic())
             on_change(self)
         self.returncode = await self.process.wait()
+        if self.stages and self.stages[-1].ended is None:
+            self.stages[-1].ended = time.monotonic()
         on_change(self)
         return self.returncode
 
@@ -107,6 +111,7 @@ class ExplainJob:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
 
-    def lines(self) -> list:
+    def lines(self, now: Optional[float] = None) -> list:
         """``[{name, text}]``: each stage with its per cent and seconds, for the page's progress list."""
-        return [{"name": s.name, "text": f"{s.fraction:.0%}, {s.seconds:.1f} s"} for s in self.stages]
+        now = time.monotonic() if now is None else now
+        return [{"name": s.name, "text": f"{s.fraction:.0%}, {s.seconds(now):.1f} s"} for s in self.stages]

@@ -90,6 +90,8 @@ class ReviewApp:
         state.computing = job is not None
         state.progress, state.progress_error, state.progress_stage = [], "", ""
         state.metrics, state.reference_note, state.curves_html = [], "", ""
+        # every key the page binds exists from the start (a key first set later, after computing, would not be shown)
+        state.legend, state.notes, state.method, state.methods, state.about, state.scores = "", "", "", [], [], []
         title = f"SegXAI review — {job.ct.name if job is not None else self.folder.name}"
         build_ui(self.server, self.layout, title)
         self.layout.set_layout("Quad View")
@@ -135,6 +137,11 @@ class ReviewApp:
                 self.load_case(state.case_name)
             except SegXAIError as error:
                 state.progress_error = str(error)
+            except Exception as error:  # shown in the page, and the traceback on the console for a bug report
+                import traceback
+
+                traceback.print_exc()
+                state.progress_error = f"the results could not be shown: {error}"
 
     def _register_missing_node_classes(self) -> None:
         """Colour legends: a node class Slicer's module logics register and trame-slicer's app does not."""
@@ -204,6 +211,8 @@ class ReviewApp:
         view._segxai_fits = True
 
     def _on_case(self, case_name, **_):
+        if not case_name:  # no case yet (still computing)
+            return
         if self.current is None or case_name != self.current.case.stem:
             self.load_case(case_name)
 
