@@ -5,7 +5,7 @@ page load to the first picture of the axial view, and each method switch (click 
 the same polling as ``Testing/test_review.py``. Prints the figures and appends one JSON line per run to --out.
 
     segxai explain Resources/Samples/ct_totalseg_A.nii.gz -o /tmp/ex --methods hirescam,gradcampp,ig
-    python bench/review_page.py /tmp/ex --out bench/results/review_page.jsonl
+    python bench/review_page.py /tmp/ex --out bench/results/review_page.jsonl [--reference LIVER_MASK] [--screenshot docs/review.png]
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", help="a folder segxai explain wrote")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the methods (each switch timed)")
+    ap.add_argument("--reference", default="", help="passed to segxai review (a reference label of the case)")
     ap.add_argument("--out", default="")
     ap.add_argument("--screenshot", default="", help="also save the whole page as this PNG (e.g. docs/review.png)")
     args = ap.parse_args()
@@ -55,7 +56,7 @@ def main() -> int:
     report = json.loads(next(Path(args.folder).glob("*_explain.json")).read_text())
     methods = list(report["methods"])
     driver = browser_or_skip()
-    served = Served(args.folder)
+    served = Served(args.folder, *(["--reference", args.reference] if args.reference else []))
     try:
         start = time.perf_counter()
         driver.get(served.url)
