@@ -500,6 +500,32 @@ def test_the_reference_is_outlined_and_the_metrics_are_its(page):
     assert interior.mean() < 0.01, "white inside the reference box: not an outline"
 
 
+def test_segments_are_listed_with_the_colours_the_views_draw(page):
+    """The list names every segment of the .seg.nrrd and the reference; each swatch has the colour written into
+    the file, and the liver's outline in the axial view (its edge away from the reference's) has that colour."""
+    driver = page["driver"]
+    if "ct_alone" not in page:
+        pytest.skip("needs the pictures of the first page test")
+    items = wait_for(lambda: driver.find_elements("css selector", "#segments .segment"))
+    swatches = {i.find_element("css selector", ".segment-name").text:
+                i.find_element("css selector", ".segment-swatch").value_of_css_property("background-color") for i in items}
+    assert set(swatches) == {"liver", "spleen", "reference liver"}
+
+    def rgb(css: str) -> np.ndarray:
+        return np.array([int(v) for v in re.findall(r"\d+", css)[:3]])
+
+    for c in CLASSES[1:]:
+        assert tuple(rgb(swatches[c.name])) == tuple(c.color), c.name
+    assert tuple(rgb(swatches["reference liver"])) == (255, 255, 255)
+    ct_alone = page["ct_alone"]
+    square = ct_square(ct_alone)
+    r0, r1, c0, c1 = screen_box(square, 14, 46, 10, 42)  # the predicted liver; its j=14 edge is the bottom row r1
+    slack = int(np.ceil((square[3] - square[2]) / 80)) + 2
+    band = ct_alone[r1 - slack:r1 + slack, c0 + 3 * slack:c1 - 3 * slack].astype(int)
+    near = np.abs(band - rgb(swatches["liver"])).max(axis=2) < 40
+    assert near.any(axis=0).mean() > 0.9, "the liver's outline is not drawn in its listed colour"
+
+
 def curve_values(driver, kind: str) -> dict:
     """{method: stroke colour} of the plot of ``kind`` and the shown method's point values (from their titles)."""
     svg = driver.find_element("css selector", f"#curves svg[data-kind={kind}]")

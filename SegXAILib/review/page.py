@@ -47,6 +47,13 @@ def build_ui(server, layout_manager, title: str):
                           hide_details=True, thumb_label=True, id="threshold")
                 html.Pre("{{ legend }}", id="legend", style="white-space: pre-wrap; font-size: 12px",
                          classes="mt-2 pa-2 bg-grey-lighten-4")
+                with html.Div(id="segments", classes="mt-2", v_show="segments.length"):
+                    with html.Span(v_for="seg in segments", key="seg.name", classes="segment mr-3",
+                                   style="white-space: nowrap; display: inline-block"):
+                        html.Span(classes="segment-swatch", style=("{background: seg.color, display: 'inline-block', "
+                                                                   "width: '12px', height: '12px', border: '1px solid #888', "
+                                                                   "marginRight: '4px', verticalAlign: 'middle'}",))
+                        html.Span("{{ seg.name }}", classes="segment-name")
                 with html.Table(id="about", classes="mt-2"):
                     with html.Tr(v_for="row in about", key="row.name"):
                         html.Th("{{ row.name }}", style="text-align: left; padding-right: 8px")

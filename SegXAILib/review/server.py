@@ -92,6 +92,7 @@ class ReviewApp:
         state.metrics, state.reference_note, state.curves_html = [], "", ""
         # every key the page binds exists from the start (a key first set later, after computing, would not be shown)
         state.legend, state.notes, state.method, state.methods, state.about, state.scores = "", "", "", [], [], []
+        state.segments = []
         title = f"SegXAI review — {job.ct.name if job is not None else self.folder.name}"
         build_ui(self.server, self.layout, title)
         self.layout.set_layout("Quad View")
@@ -179,6 +180,7 @@ class ReviewApp:
         state.methods = [{"name": m, "title": look.method_info(m).title} for m in self.current.methods]
         state.about = [{"name": k, "text": v} for k, v in case.describe().items() if v]
         state.notes = "; ".join(case.notes)
+        state.segments = segment_legend(case, reference)
         state.metrics = reference.rows() if reference is not None else []
         state.reference_note = note
         self.curves = curves_of(case.report)
@@ -254,6 +256,17 @@ class ReviewApp:
             if self.job is not None:
                 self.job.cancel()
             self.work.cleanup()
+
+
+def segment_legend(case, reference=None) -> list:
+    """``[{name, color}]``: the case's segments as the views draw them (name, CSS colour), and the reference's."""
+    from .. import display as look
+
+    rows = [{"name": c.name, "color": "rgb({}, {}, {})".format(*c.color)}
+            for c in results.segment_classes(case) if c.value != 0]
+    if reference is not None:
+        rows.append({"name": f"reference {case.target_class}", "color": "rgb({}, {}, {})".format(*look.REFERENCE_COLOR)})
+    return rows
 
 
 def choose_token(host: str, token: Optional[str]) -> Optional[str]:
