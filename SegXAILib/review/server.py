@@ -88,7 +88,8 @@ class ReviewApp:
         state.cases = list(self.cases)
         state.case_name = state.cases[0] if state.cases else ""
         state.computing = job is not None
-        state.progress, state.progress_error, state.progress_stage = [], "", ""
+        state.progress, state.progress_error = [], ""
+        state.progress_stage = "loading the model" if job is not None else ""
         state.metrics, state.reference_note, state.curves_html = [], "", ""
         # every key the page binds exists from the start (a key first set later, after computing, would not be shown)
         state.legend, state.notes, state.method, state.methods, state.about, state.scores = "", "", "", [], [], []
