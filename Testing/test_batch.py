@@ -335,3 +335,20 @@ def test_ray_and_local_give_the_same_table_on_a_shared_patient(data_dir, capsys,
     assert float(rows[("lits_117_crop", "liver")]["dice"]) > 0.5  # a training patient of the model
     assert rows[("lits_117_crop", "liver tumor")]["dice"] != ""
     assert (tmp_path / "ray" / "results.csv").read_text() == (tmp_path / "local" / "results.csv").read_text()
+
+
+def test_the_report_names_the_reference_only_when_review_would_read_it_the_same():
+    """segxai review reads a recorded reference by the target's label value: a case list that renames the labels
+    (liver = 5 in the file, 1 in the model) must not leave the raw file in the report, where review would take
+    label 1 (another organ) for the liver."""
+    from SegXAILib.batch.per_case import reviewable
+    from SegXAILib.volume import Volume
+
+    raw = np.zeros((4, 6, 6), np.uint8)
+    raw[:, :3] = 5  # liver in the file
+    raw[:, 4:] = 1  # spleen in the file: value 1, the model's liver value
+    renamed = np.where(raw == 5, 1, np.where(raw == 1, 2, 0)).astype(np.uint8)
+    assert not reviewable(Volume(raw, np.eye(4)), Volume(renamed, np.eye(4)), 1)
+    same = np.where(raw == 5, 1, 0).astype(np.uint8)
+    assert reviewable(Volume(same, np.eye(4)), Volume(same, np.eye(4)), 1)
+    assert not reviewable(None, Volume(same, np.eye(4)), 1)

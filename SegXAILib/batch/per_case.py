@@ -125,6 +125,14 @@ def reference_in_model_values(reference: Volume, groups: dict, card) -> Volume:
     return reference.like(out)
 
 
+def reviewable(raw: Optional[Volume], relabelled: Optional[Volume], value: int) -> bool:
+    """True when the reference file, read as ``segxai review`` reads it (the target's label value), is the target
+    the case was scored against; a file whose labels the case list renames is then not recorded in the report."""
+    if raw is None or relabelled is None:
+        return False
+    return bool(np.array_equal(raw.array == value, relabelled.array == value))
+
+
 def reference_metrics(labels: Volume, reference: Volume, groups: dict, card) -> dict:
     """Dice, IoU, HD95, volumes per reference group (named by its classes), on the CT's grid."""
     from ..metrics import mask_metrics
@@ -247,7 +255,7 @@ def process_case(loaded: LoadedCase, model, params: BatchParams, out_dir: str | 
         t = time.perf_counter()
         staging.mkdir(parents=True)
         write_explain_outputs(result, model, info, methods, params.quality, staging, out_dir / spec.name, spec,
-                              spec.reference if reference is not None else None)
+                              spec.reference if reviewable(loaded.reference, reference, info.value) else None)
         maybe_fault(spec.name)
         publish(staging, out_dir / spec.name)
         record["seconds"]["write"] = time.perf_counter() - t
