@@ -48,15 +48,19 @@ def segment(
     cancel: Optional[CancelToken] = None,
     sw_batch_size: int = 2,
     name: str = "the input",
+    preprocessed=None,
 ) -> SegmentationResult:
-    """Segment ``volume`` with ``model``; every output lies on the input's exact grid."""
+    """Segment ``volume`` with ``model``; every output lies on the input's exact grid.
+
+    ``preprocessed``: ``model.preprocessing(volume)`` computed elsewhere (segxai batch's Ray read tasks do it, so
+    resampling overlaps with inference); used as it is."""
     check_ct(volume, name)
     device = choose_device(device)
     seconds = {}
     t0 = time.perf_counter()
     if progress:
         progress("pre-processing", 0.0)
-    pre = model.preprocessing(volume)
+    pre = model.preprocessing(volume) if preprocessed is None else preprocessed
     seconds["preprocess"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     logits = model.windowing.logits(model.network, pre.image, device, sw_batch_size, progress, cancel)

@@ -277,6 +277,9 @@ def test_ray_gives_the_same_table_as_local_with_a_worker_killed_mid_case(cohort,
     assert code == 0 and marker.exists()
     records = manifest(out)
     assert records["ct1"]["status"] == "done" and records["ct1"]["worker_pid"] != int(marker.read_text())
+    # Ray resamples in the read tasks (overlapping inference), local in its one process: the same outputs
+    assert {r["preprocessed_by"] for r in records.values() if r["status"] == "done"} == {"read task"}
+    assert {r["preprocessed_by"] for r in manifest(cohort["out"]).values() if r["status"] == "done"} == {"worker"}
     assert (out / "results.csv").read_text() == (cohort["out"] / "results.csv").read_text()
     for n in range(2):
         assert_same_case_folder(out / f"ct{n}", cohort["out"] / f"ct{n}")

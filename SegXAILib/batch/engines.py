@@ -94,7 +94,8 @@ def _fault_env() -> dict:
 def run_ray(pending: list, model_name, params: BatchParams, out_dir: Path, manifest: Manifest,
             log: Callable[[str], None], address: Optional[str] = None, workers: Optional[int] = None,
             timing: Optional[dict] = None) -> list:
-    """One actor per GPU (or CPU slot) loading the model once; a read task per case feeding the actors.
+    """One actor per GPU (or CPU slot) loading the model once; a task per case reading and pre-processing (resampling)
+    its CT while the actors infer, feeding them.
 
     An actor that dies (a killed worker) is restarted once and its case retried; a case whose actor dies twice
     is recorded as failed. ``timing['startup']`` receives the seconds until every worker had its model.
@@ -120,13 +121,14 @@ def run_ray(pending: list, model_name, params: BatchParams, out_dir: Path, manif
         actors = [worker_class.remote(model_name, params, str(out_dir), threads) for _ in range(slots)]
         ray.get([a.ready.remote() for a in actors])  # every worker has loaded the model
         timing["startup"] = time.perf_counter() - t0
+        preprocessing = ray.put(ray.get(actors[0].preprocessing.remote()))  # read tasks resample, workers infer
         reader = ray.remote(num_cpus=0)(read_case)
         idle, busy, queue, done = list(actors), {}, list(pending), []
         while queue or busy:
             while idle and queue:  # the next case's read is already running while an actor infers
                 spec, key = queue.pop(0)
                 actor = idle.pop()
-                busy[actor.process.remote(reader.remote(spec))] = (actor, spec, key)
+                busy[actor.process.remote(reader.remote(spec, preprocessing))] = (actor, spec, key)
             ready, _ = ray.wait(list(busy), num_returns=1)
             actor, spec, key = busy.pop(ready[0])
             try:
@@ -159,6 +161,10 @@ class CaseWorker:
 
     def ready(self) -> bool:
         return True
+
+    def preprocessing(self):
+        """The model's pre-processing (forward and inverse, no weights), for the read tasks."""
+        return self.model.preprocessing
 
     def process(self, loaded) -> dict:
         record = process_case(loaded, self.model, self.params, self.out_dir)
