@@ -61,10 +61,10 @@ COMPUTE_ONLY = ("output", "model", "methods", "target", "region", "layer", "step
 
 
 def is_results_folder(path: Path) -> bool:
-    """True when ``path`` is a folder holding at least one ``segxai explain`` report."""
+    """True when ``path`` is a folder holding a ``segxai explain`` report, or sub-folders that do (``segxai batch``)."""
     from .review.folder import REPORT_SUFFIX
 
-    return path.is_dir() and any(path.glob(f"*{REPORT_SUFFIX}"))
+    return path.is_dir() and (any(path.glob(f"*{REPORT_SUFFIX}")) or any(path.glob(f"[!.]*/*{REPORT_SUFFIX}")))
 
 
 def plan(args):

@@ -104,6 +104,30 @@ def test_folder_reads_cases_and_refuses_paths_outside(tmp_path):
         find_cases(tmp_path / "out")
 
 
+def test_a_batch_folder_lists_a_case_per_sub_folder(tmp_path):
+    """segxai batch writes OUT/<case>/ as segxai explain does: every sub-folder's case is listed under
+    <sub-folder>/<stem> (same stems apart), an unfinished hidden staging folder is not, a sub-folder symlinked
+    from outside is refused, and segxai review takes the folder for results, not for a CT to compute."""
+    from SegXAILib.cli_review import is_results_folder
+    from SegXAILib.review.folder import find_cases
+
+    out = tmp_path / "out"
+    write_case(out / "patient-1", "ct")
+    write_case(out / "patient-2", "ct", score_shift=0.25)
+    write_case(out / ".partial-patient-3-x1", "ct")
+    (out / "manifest").mkdir()
+    (out / "manifest" / "patient-1.json").write_text("{}")
+    cases = find_cases(out)
+    assert [c.key for c in cases] == ["patient-1/ct", "patient-2/ct"]
+    assert cases[1].report["methods"]["gradcam"]["quality"]["energy_inside"] == pytest.approx(0.8125 - 0.25)
+    assert cases[0].maps["gradcam"] == (out / "patient-1" / "ct_gradcam_liver.nrrd").resolve()
+    assert is_results_folder(out)
+    write_case(tmp_path / "elsewhere", "ct")
+    (out / "patient-4").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SegXAIError, match="outside the results folder"):
+        find_cases(out)
+
+
 def test_folder_without_reports_is_one_clear_error(tmp_path):
     from SegXAILib.review.folder import find_cases
 

@@ -40,6 +40,12 @@ class Case:
     segmentation: Optional[Path]
     ct: Optional[Path]
     notes: list = field(default_factory=list)
+    folder: str = ""                 # the sub-folder it lies in (segxai batch writes OUT/<case>/), "" at the top
+
+    @property
+    def key(self) -> str:
+        """The case's name in the page's case list: ``<sub-folder>/<stem>`` for a batch folder's case, else its stem."""
+        return f"{self.folder}/{self.stem}" if self.folder else self.stem
 
     @property
     def target_class(self) -> str:
@@ -71,26 +77,33 @@ def find_cases(folder, ct: Optional[str] = None) -> list:
     if not root.is_dir():
         raise SegXAIError(f"{folder} is not a folder; give the folder segxai explain wrote (-o)")
     root = root.resolve()
+    places = [(root, path) for path in sorted(root.glob(f"*{REPORT_SUFFIX}"))]
+    if not places:  # a segxai batch folder: each case in its own sub-folder (hidden ones are unfinished)
+        for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            base = inside(root, sub.name)  # a sub-folder symlinked from elsewhere is refused
+            places += [(base, path) for path in sorted(base.glob(f"*{REPORT_SUFFIX}"))]
     cases = []
-    for report_path in sorted(root.glob(f"*{REPORT_SUFFIX}")):
-        inside(root, report_path.name)  # a report symlinked from elsewhere is refused too
+    for base, report_path in places:
+        inside(base, report_path.name)  # a report symlinked from elsewhere is refused too
         stem = report_path.name[: -len(REPORT_SUFFIX)]
         report = read_report(report_path)
         cls = str((report.get("target") or {}).get("class") or "").replace(" ", "-")
         maps, notes = {}, []
         for method in report["methods"]:
             name = f"{stem}_{method}_{cls}.nrrd"
-            path = inside(root, name)
+            path = inside(base, name)
             if path.is_file():
                 maps[str(method)] = path
             else:
                 notes.append(f"map {name} is missing")
-        labels = inside(root, f"{stem}_labels.nii.gz")
-        segmentation = inside(root, f"{stem}.seg.nrrd")
+        labels = inside(base, f"{stem}_labels.nii.gz")
+        segmentation = inside(base, f"{stem}.seg.nrrd")
         cases.append(Case(stem, report, maps, labels if labels.is_file() else None,
-                          segmentation if segmentation.is_file() else None, find_ct(root, stem, report, ct), notes))
+                          segmentation if segmentation.is_file() else None, find_ct(base, stem, report, ct), notes,
+                          base.name if base != root else ""))
     if not cases:
-        raise SegXAIError(f"{folder} holds no *{REPORT_SUFFIX}; give the folder segxai explain wrote (-o)")
+        raise SegXAIError(f"{folder} holds no *{REPORT_SUFFIX} (nor do its sub-folders); give the folder segxai "
+                          f"explain or segxai batch wrote (-o)")
     return cases
 
 

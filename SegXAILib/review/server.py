@@ -69,7 +69,7 @@ class ReviewApp:
             self.folder, self.cases = job.out_dir.resolve(), {}
         else:
             self.folder = Path(out_dir).resolve()
-            self.cases = {c.stem: c for c in results.find_cases(self.folder, ct)}
+            self.cases = {c.key: c for c in results.find_cases(self.folder, ct)}
             if reference and len(self.cases) > 1:
                 raise SegXAIError(f"--reference names one case's reference, and {self.folder} holds {len(self.cases)} "
                                   f"cases; give each its own with segxai explain --reference (the review shows it)")
@@ -133,7 +133,7 @@ class ReviewApp:
                 state.progress_error = job.error or f"segxai explain exited with {code}"
                 return
             try:
-                self.cases = {c.stem: c for c in results.find_cases(self.folder, self.ct)}
+                self.cases = {c.key: c for c in results.find_cases(self.folder, self.ct)}
                 state.cases = list(self.cases)
                 state.case_name = state.cases[0]
                 self.load_case(state.case_name)
@@ -157,16 +157,16 @@ class ReviewApp:
         wslink_server.app.middlewares.append(token_middleware(self.token))
 
     # ---- cases and controls -------------------------------------------------------------------
-    def load_case(self, stem: str) -> None:
+    def load_case(self, key: str) -> None:
         """Build the case's scene (private folder), import it into the views' scene, show its first map."""
         from .. import display as look
 
-        if stem not in self.cases:  # the page can only name a case of this folder
-            raise SegXAIError(f"no case {stem!r} in {self.folder}")
-        case = self.cases[stem]
+        if key not in self.cases:  # the page can only name a case of this folder
+            raise SegXAIError(f"no case {key!r} in {self.folder}")
+        case = self.cases[key]
         entries = map_entries(case)
         reference, note = case_reference(case, self.reference)
-        mrml = build_scene_file(case, Path(self.work.name) / "scenes" / stem, reference)
+        mrml = build_scene_file(case, Path(self.work.name) / "scenes" / f"case-{list(self.cases).index(key)}", reference)
         scene = self.app.scene
         if self.current is not None:  # the previous case's nodes go, with their display and storage nodes
             from .. import scene as bridge
@@ -175,7 +175,7 @@ class ReviewApp:
             bridge._remove_with_companions(scene, self.current.ct_node)
         scene.SetURL(str(mrml))
         if not scene.Import():
-            raise SegXAIError(f"could not load the scene of {stem}")
+            raise SegXAIError(f"could not load the scene of {key}")
         self.current = CaseScene(scene, case, entries)
         state = self.server.state
         state.methods = [{"name": m, "title": look.method_info(m).title} for m in self.current.methods]
@@ -216,7 +216,7 @@ class ReviewApp:
     def _on_case(self, case_name, **_):
         if not case_name:  # no case yet (still computing)
             return
-        if self.current is None or case_name != self.current.case.stem:
+        if self.current is None or case_name != self.current.case.key:
             self.load_case(case_name)
 
     def _on_display(self, method=None, opacity=None, faint=None, **_):
