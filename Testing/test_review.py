@@ -128,6 +128,28 @@ def test_a_batch_folder_lists_a_case_per_sub_folder(tmp_path):
         find_cases(out)
 
 
+def test_a_bad_or_missing_reference_leaves_the_case_with_a_note(tmp_path):
+    """The reference is extra: a file that is no image, one without the class, or a recorded one that is gone gives
+    a note saying why nothing is compared, never an error that hides the case."""
+    from SegXAILib.review.folder import find_cases
+    from SegXAILib.review.session import case_reference
+    from SegXAILib.volume import read_volume, write_volume
+
+    (case,) = find_cases(write_case(tmp_path / "out") and tmp_path / "out")
+    reference, note = case_reference(case)
+    assert reference is not None and "label value 1" in note
+    (tmp_path / "notes.nii.gz").write_text("not an image")
+    reference, note = case_reference(case, str(tmp_path / "notes.nii.gz"))
+    assert reference is None and "is not compared" in note and "notes.nii.gz" in note
+    empty = read_volume(tmp_path / "out" / "case.nii.gz")
+    write_volume(empty.like(np.zeros(empty.shape, np.uint8)), tmp_path / "empty.nii.gz")
+    reference, note = case_reference(case, str(tmp_path / "empty.nii.gz"))
+    assert reference is None and "empty" in note
+    (tmp_path / "out" / "case_reference_liver.nii.gz").unlink()
+    reference, note = case_reference(case)
+    assert reference is None and "missing" in note
+
+
 def test_folder_without_reports_is_one_clear_error(tmp_path):
     from SegXAILib.review.folder import find_cases
 

@@ -49,7 +49,10 @@ def case_reference(case: Case, given=None) -> tuple:
     target = case.report.get("target") or {}
     if target.get("value") is None:
         return None, "the report does not say the explained class's label value; the reference is not compared"
-    reference = read_reference(path, read_volume(case.labels), int(target["value"]))
+    try:
+        reference = read_reference(path, read_volume(case.labels), int(target["value"]))
+    except SegXAIError as error:  # an unreadable or empty reference: the case still shows, the note says why
+        return None, f"the reference {path} is not compared: {error}"
     return reference, (f"Predicted {case.target_class} against the reference {Path(path).name} ({reference.read_as}; "
                        f"white outline)")
 
