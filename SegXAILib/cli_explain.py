@@ -117,12 +117,39 @@ def curve_of(scores: dict) -> dict:
             "insertion_auc": scores["insertion_auc"]}
 
 
+def write_explanation(result, classes, out_dir, stem: str, class_name: str, input_path, reference_path=None,
+                      quality: bool = True, listed_dir=None, overwrite: bool = False) -> dict:
+    """Write one run's files as ``segxai explain`` lays them out (labels and .seg.nrrd, a map per method, the curves
+    plot, the report) into ``out_dir``; returns them by role. ``listed_dir``: the folder the report names the files
+    in, when they are written elsewhere first (segxai batch's staging folder, renamed into place afterwards)."""
+    from .outputs import write_segmentation_outputs
+    from .quality import plot_curves
+
+    methods = list(result.methods)
+    names = output_names(Path(out_dir), stem, methods, class_name, quality)
+    listed = output_names(Path(listed_dir), stem, methods, class_name, quality) if listed_dir is not None else names
+    write_segmentation_outputs(result.segmentation.labels, classes, out_dir, stem, overwrite)
+    for name, m in result.methods.items():
+        write_volume(m.map.like(m.map.array.astype("float32", copy=False)), names[name], overwrite)
+    report = result.to_json()
+    report["input"] = str(input_path)
+    if reference_path:
+        report["reference"] = str(reference_path)  # segxai review shows it and the metrics against it
+    report["files"] = {k: str(v) for k, v in listed.items()}
+    scored = dict({n: m.quality for n, m in result.methods.items()}, **{f"control: {n}": c for n, c in result.controls.items()})
+    curves = {n: curve_of(q) for n, q in scored.items() if "deletion_curve" in q}
+    if quality and curves:
+        plot_curves(curves, names["curves"], f"{class_name} — {result.target.description}", overwrite)
+    elif "curves" in names:
+        report["files"].pop("curves")
+    write_json_atomic(report, names["report"], overwrite)
+    return names
+
+
 def run(args) -> int:
     """Run ``segxai explain``; SegXAIError propagates to the main CLI, Ctrl-C returns 130."""
     from .explaining import explain_volume, parse_methods
     from .models import load_model
-    from .outputs import write_segmentation_outputs
-    from .quality import plot_curves
     from .targets import parse_region
     from .volume import read_volume
 
@@ -147,21 +174,8 @@ def run(args) -> int:
                                 lrp_epsilon=args.lrp_epsilon, lrp_gamma=args.lrp_gamma, occlusion_mm=args.occlusion_mm,
                                 smooth=args.smooth, samples=args.samples, sigma=args.sigma, seed=args.seed)
         progress.close()
-        write_segmentation_outputs(result.segmentation.labels, model.card.classes, out_dir, stem, args.overwrite)
-        for name, m in result.methods.items():
-            write_volume(m.map.like(m.map.array.astype("float32", copy=False)), names[name], args.overwrite)
-        report = result.to_json()
-        report["input"] = str(args.input)
-        if args.reference:
-            report["reference"] = str(args.reference)  # segxai review shows it and the metrics against it
-        report["files"] = {k: str(v) for k, v in names.items()}
-        scored = dict({n: m.quality for n, m in result.methods.items()}, **{f"control: {n}": c for n, c in result.controls.items()})
-        curves = {n: curve_of(q) for n, q in scored.items() if "deletion_curve" in q}
-        if quality and curves:
-            plot_curves(curves, names["curves"], f"{info.name} — {result.target.description}", args.overwrite)
-        elif "curves" in names:
-            report["files"].pop("curves")
-        write_json_atomic(report, names["report"], args.overwrite)
+        write_explanation(result, model.card.classes, out_dir, stem, info.name, args.input, args.reference, quality,
+                          overwrite=args.overwrite)
         for name, m in result.methods.items():
             extra = "".join(f", {k} {v:.3g}" for k, v in m.checks.items() if k.endswith("error"))
             print(f"{name}: {names[name]} ({m.seconds:.1f} s{extra})")

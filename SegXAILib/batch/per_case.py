@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import SegXAIError
-from ..volume import Volume, read_volume, stem as file_stem, write_json_atomic, write_volume
+from ..volume import Volume, read_volume, stem as file_stem
 
 #: test hook: "<case>:exit" kills the process (SIGKILL) while that case's files are half written, "<case>:hang"
 #: makes it wait there (for an outside kill); fires once, when the marker file SEGXAI_BATCH_FAULT_MARKER is absent
@@ -203,35 +203,9 @@ def publish(staging: Path, final: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def write_explain_outputs(result, model, info, methods, quality: bool, out_dir: Path, final_dir: Path, spec,
-                          reference_path) -> None:
-    """Exactly the files of ``segxai explain -o final_dir``, written into ``out_dir`` (the staging folder)."""
-    from ..cli_explain import curve_of, output_names
-    from ..outputs import write_segmentation_outputs
-    from ..quality import plot_curves
-
-    case_stem = file_stem(spec.image)
-    names = output_names(out_dir, case_stem, methods, info.name, quality)
-    final_names = output_names(final_dir, case_stem, methods, info.name, quality)
-    write_segmentation_outputs(result.segmentation.labels, model.card.classes, out_dir, case_stem)
-    for name, m in result.methods.items():
-        write_volume(m.map.like(m.map.array.astype("float32", copy=False)), names[name])
-    report = result.to_json()
-    report["input"] = str(spec.image)
-    if reference_path:
-        report["reference"] = str(reference_path)
-    report["files"] = {k: str(v) for k, v in final_names.items()}
-    scored = dict({n: m.quality for n, m in result.methods.items()}, **{f"control: {n}": c for n, c in result.controls.items()})
-    curves = {n: curve_of(q) for n, q in scored.items() if "deletion_curve" in q}
-    if quality and curves:
-        plot_curves(curves, names["curves"], f"{info.name} — {result.target.description}")
-    elif "curves" in names:
-        report["files"].pop("curves")
-    write_json_atomic(report, names["report"])
-
-
 def process_case(loaded: LoadedCase, model, params: BatchParams, out_dir: str | os.PathLike) -> dict:
     """Segment, explain, score and evaluate one read case; its files land in ``OUT/<case>/``; returns its record."""
+    from ..cli_explain import write_explanation
     from ..explaining import explain_volume, parse_methods
     from ..targets import parse_region
 
@@ -269,8 +243,9 @@ def process_case(loaded: LoadedCase, model, params: BatchParams, out_dir: str | 
         record["seconds"]["evaluate"] = time.perf_counter() - t
         t = time.perf_counter()
         staging.mkdir(parents=True)
-        write_explain_outputs(result, model, info, methods, params.quality, staging, out_dir / spec.name, spec,
-                              spec.reference if reviewable(loaded.reference, reference, info.value) else None)
+        write_explanation(result, card.classes, staging, file_stem(spec.image), info.name, spec.image,
+                          spec.reference if reviewable(loaded.reference, reference, info.value) else None,
+                          params.quality, listed_dir=out_dir / spec.name)
         maybe_fault(spec.name)
         publish(staging, out_dir / spec.name)
         record["seconds"]["write"] = time.perf_counter() - t
