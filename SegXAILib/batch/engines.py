@@ -1,5 +1,5 @@
 """Drive the cases: ``local`` (one model load, a progress bar over cases) or ``ray`` (one actor per GPU or CPU slot
-that loads the model once; reading runs in separate tasks so it overlaps with inference). Both call the same
+that loads the model once; reading and resampling run in separate tasks so they overlap with inference). Both call the same
 per-case functions, and both write the manifest and the tables from this (the driver) process only.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from ..errors import SegXAIError
 from .manifest import Manifest, case_key, model_fingerprint
-from .per_case import BatchParams, one_line, process_case, read_case, remove_leftovers
+from .per_case import BatchParams, one_line, process_case, read_case, remove_leftovers, run_case
 from .table import write_results
 
 RAY_HINT = "the Ray engine needs Ray: pip install 'segxai[ray]' (or pip install ray==2.60.0), or use --engine local"
@@ -62,7 +62,7 @@ def run_local(pending: list, model, params: BatchParams, out_dir: Path, manifest
     try:
         for spec, key in bar:
             bar.set_postfix_str(spec.name)
-            record = finish(process_case(read_case(spec), model, params, out_dir), key, manifest)
+            record = finish(run_case(spec, model, params, out_dir), key, manifest)
             log(_line(record))
             done.append(record)
     finally:
@@ -93,9 +93,9 @@ def _fault_env() -> dict:
 
 def run_ray(pending: list, model_name, params: BatchParams, out_dir: Path, manifest: Manifest,
             log: Callable[[str], None], address: Optional[str] = None, workers: Optional[int] = None,
-            timing: Optional[dict] = None) -> list:
+            timing: Optional[dict] = None, preprocessing=None) -> list:
     """One actor per GPU (or CPU slot) loading the model once; a task per case reading and pre-processing (resampling)
-    its CT while the actors infer, feeding them.
+    its CT with ``preprocessing`` (the model's, from the driver's load) while the actors infer, feeding them.
 
     An actor that dies (a killed worker) is restarted once and its case retried; a case whose actor dies twice
     is recorded as failed. ``timing['startup']`` receives the seconds until every worker had its model.
@@ -121,7 +121,7 @@ def run_ray(pending: list, model_name, params: BatchParams, out_dir: Path, manif
         actors = [worker_class.remote(model_name, params, str(out_dir), threads) for _ in range(slots)]
         ray.get([a.ready.remote() for a in actors])  # every worker has loaded the model
         timing["startup"] = time.perf_counter() - t0
-        preprocessing = ray.put(ray.get(actors[0].preprocessing.remote()))  # read tasks resample, workers infer
+        preprocessing = ray.put(preprocessing)  # read tasks resample, workers infer
         reader = ray.remote(num_cpus=0)(read_case)
         idle, busy, queue, done = list(actors), {}, list(pending), []
         while queue or busy:
@@ -161,10 +161,6 @@ class CaseWorker:
 
     def ready(self) -> bool:
         return True
-
-    def preprocessing(self):
-        """The model's pre-processing (forward and inverse, no weights), for the read tasks."""
-        return self.model.preprocessing
 
     def process(self, loaded) -> dict:
         record = process_case(loaded, self.model, self.params, self.out_dir)
@@ -209,7 +205,8 @@ def run_batch(cases: list, out_dir: str | os.PathLike, params: BatchParams, mode
     elif engine == "local":
         records = run_local(pending, model, params, out_dir, manifest, log)
     else:
-        records = run_ray(pending, model_name, params, out_dir, manifest, log, address, workers, timing)
+        records = run_ray(pending, model_name, params, out_dir, manifest, log, address, workers, timing,
+                          model.preprocessing)
     seconds = time.perf_counter() - t
     t = time.perf_counter()
     for spec in cases:
