@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import Volume, partial_path, refuse_overwrite, write_volume
+from .volume import Volume, refuse_overwrite, write_atomically, write_volume
 
 
 def segmentation_dict(labels: Volume, classes: list) -> dict:
@@ -49,14 +49,8 @@ def write_seg_nrrd(labels: Volume, classes: list, path: str | os.PathLike, overw
     path = Path(path)
     refuse_overwrite(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        slicerio.write_segmentation(str(tmp), segmentation_dict(labels, classes), index_order="C")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda tmp: slicerio.write_segmentation(str(tmp), segmentation_dict(labels, classes),
+                                                                          index_order="C"))
 
 
 def write_segmentation_outputs(labels: Volume, classes: list, out_dir: str | os.PathLike, stem: str, overwrite: bool = False) -> dict:

@@ -9,7 +9,6 @@ model randomisation on the maps' union support), ``controls`` (random and edge-d
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -26,7 +25,7 @@ from .map_complexity import entropy_complexity, gini_sparseness
 from .randomisation import (cascading_randomisation, compare_maps, parameter_layers, randomised_copy,  # noqa: F401
                             spearman, ssim)
 from .rescoring import region_probability  # noqa: F401
-from .volume import partial_path, refuse_overwrite
+from .volume import refuse_overwrite, write_atomically
 
 #: HU that replaces removed voxels by default: fat. Measured on the bundled sample (bench/score_cost.py
 #: --baselines): with the liver filled by it the liver probability falls to 0.005 (TransUNet) and 0.0006
@@ -182,12 +181,8 @@ def plot_curves(curves: dict, path, title: str = "", overwrite: bool = False) ->
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = partial_path(path)
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path

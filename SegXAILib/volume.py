@@ -212,19 +212,26 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{base}.partial{os.getpid()}{suffix or path.suffix}")
 
 
-def write_sitk(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write atomically: to a hidden partial file, then rename, so an interrupt never leaves half a file."""
+def write_atomically(path: str | os.PathLike, write) -> Path:
+    """``write(tmp)`` to a hidden partial file beside ``path``, then rename it over ``path``: an interrupt never leaves
+    half a file, and the partial file is removed when ``write`` fails."""
     path = Path(path)
-    refuse_overwrite(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
-        sitk.WriteImage(image, str(tmp), compress)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_sitk(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write atomically: to a hidden partial file, then rename, so an interrupt never leaves half a file."""
+    path = Path(path)
+    refuse_overwrite(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
 
 
 def json_safe(value):
@@ -253,14 +260,7 @@ def write_json_atomic(data, path: str | os.PathLike, overwrite: bool = False) ->
     path = Path(path)
     refuse_overwrite(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n"))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:

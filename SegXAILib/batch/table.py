@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from ..volume import partial_path
+from ..volume import write_atomically
 
 FIRST_COLUMNS = ["case", "status", "error", "class", "explained", "target_region", "volume_ml", "dice", "iou",
                  "hd95_mm", "volume_ref_ml"]
@@ -44,17 +44,6 @@ def _cell(v) -> str:
     return str(v)
 
 
-def _replace_atomically(path: Path, write) -> Path:
-    tmp = partial_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def write_csv(rows: list, path: Path) -> Path:
     """results.csv, full float precision, empty cells for what a row does not have."""
     cols = columns(rows)
@@ -63,7 +52,7 @@ def write_csv(rows: list, path: Path) -> Path:
     writer.writerow(cols)
     for row in rows:
         writer.writerow([_cell(row.get(c)) for c in cols])
-    return _replace_atomically(path, lambda tmp: tmp.write_text(buf.getvalue()))
+    return write_atomically(path, lambda tmp: tmp.write_text(buf.getvalue()))
 
 
 def write_parquet(rows: list, path: Path):
@@ -74,7 +63,7 @@ def write_parquet(rows: list, path: Path):
     except ImportError:
         return None
     frame = pd.DataFrame([{c: row.get(c) for c in columns(rows)} for row in rows])
-    return _replace_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    return write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def _numbers(rows: list, column: str, explained_only: bool = False) -> dict:
@@ -143,7 +132,7 @@ def write_plot(rows: list, path: Path) -> Path:
         axes[0][0].text(0.5, 0.5, "no finished case", ha="center")
     fig.tight_layout()
     try:
-        return _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     finally:
         plt.close(fig)
 
@@ -157,5 +146,5 @@ def write_results(records: list, out_dir: str | os.PathLike, skipped: int = 0) -
     if parquet:
         files["parquet"] = parquet
     text = summary_text(records, rows, files["png"].name, skipped)
-    files["summary"] = _replace_atomically(out_dir / "summary.md", lambda tmp: tmp.write_text(text))
+    files["summary"] = write_atomically(out_dir / "summary.md", lambda tmp: tmp.write_text(text))
     return files
