@@ -56,28 +56,25 @@ def require_web() -> None:
         raise SegXAIError(INSTALL_HINT) from None
 
 
-COMPUTE_ONLY = ("output", "model", "methods", "target", "region", "layer", "steps", "scores", "no_quality",
-                "trust_model", "device")
-
-
 def is_results_folder(path: Path) -> bool:
     """True when ``path`` is a folder holding a ``segxai explain`` report, or sub-folders that do (``segxai batch``)."""
-    from .review.folder import REPORT_SUFFIX
+    from .review.folder import report_places
 
-    return path.is_dir() and (any(path.glob(f"*{REPORT_SUFFIX}")) or any(path.glob(f"[!.]*/*{REPORT_SUFFIX}")))
+    return path.is_dir() and bool(report_places(path.resolve()))
 
 
 def plan(args):
     """``(results_folder, job)``: a results folder to show (job None), or a job that computes into a folder first.
 
     One clear error for an input that is neither, and for computing options given with a results folder."""
-    from .review.compute import ExplainJob, explain_options
+    from .review.compute import PASSED, ExplainJob, explain_options
 
+    compute_only = ["output"] + [n for n in PASSED if n != "reference"]  # --reference also applies to results
     given = Path(args.folder)
     if not given.exists():
         raise SegXAIError(f"{given} does not exist; give the folder segxai explain wrote, or a CT to compute first")
     if is_results_folder(given):
-        extra = [f"--{n.replace('_', '-')}" for n in COMPUTE_ONLY if getattr(args, n, None) not in (None, False)]
+        extra = [f"--{n.replace('_', '-')}" for n in compute_only if getattr(args, n, None) not in (None, False)]
         if extra:
             raise SegXAIError(f"{given} holds segxai explain results already: {', '.join(extra)} only apply when "
                               f"computing from a CT (segxai review CT --model M ...)")

@@ -71,19 +71,25 @@ def read_report(path: Path) -> dict:
     return report
 
 
+def report_places(root: Path) -> list:
+    """``(folder, report)`` of every report: those in ``root``, else those in its sub-folders (segxai batch writes
+    ``OUT/<case>/``; hidden sub-folders are unfinished ones). A sub-folder symlinked from elsewhere is refused."""
+    places = [(root, path) for path in sorted(root.glob(f"*{REPORT_SUFFIX}"))]
+    if not places:
+        for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            base = inside(root, sub.name)
+            places += [(base, path) for path in sorted(base.glob(f"*{REPORT_SUFFIX}"))]
+    return places
+
+
 def find_cases(folder, ct: Optional[str] = None) -> list:
     """Every case of ``folder`` (sorted by stem); a SegXAIError when the folder holds none."""
     root = Path(folder)
     if not root.is_dir():
         raise SegXAIError(f"{folder} is not a folder; give the folder segxai explain wrote (-o)")
     root = root.resolve()
-    places = [(root, path) for path in sorted(root.glob(f"*{REPORT_SUFFIX}"))]
-    if not places:  # a segxai batch folder: each case in its own sub-folder (hidden ones are unfinished)
-        for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            base = inside(root, sub.name)  # a sub-folder symlinked from elsewhere is refused
-            places += [(base, path) for path in sorted(base.glob(f"*{REPORT_SUFFIX}"))]
     cases = []
-    for base, report_path in places:
+    for base, report_path in report_places(root):
         inside(base, report_path.name)  # a report symlinked from elsewhere is refused too
         stem = report_path.name[: -len(REPORT_SUFFIX)]
         report = read_report(report_path)

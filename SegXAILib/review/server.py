@@ -18,7 +18,7 @@ from ..errors import SegXAIError
 from . import folder as results
 from .curves import curves_html, curves_of
 from .page import build_ui, scores_table
-from .session import CaseScene, build_scene_file, case_reference, map_entries, new_work_dir
+from .session import CaseScene, build_scene_file, case_reference, map_entries, new_work_dir, read_labels
 
 TOKEN_COOKIE = "segxai_review_token"
 
@@ -165,8 +165,10 @@ class ReviewApp:
             raise SegXAIError(f"no case {key!r} in {self.folder}")
         case = self.cases[key]
         entries = map_entries(case)
-        reference, note = case_reference(case, self.reference)
-        mrml = build_scene_file(case, Path(self.work.name) / "scenes" / f"case-{list(self.cases).index(key)}", reference)
+        labels = read_labels(case)
+        reference, note = case_reference(case, self.reference, labels)
+        mrml = build_scene_file(case, Path(self.work.name) / "scenes" / f"case-{list(self.cases).index(key)}", reference,
+                                labels)
         scene = self.app.scene
         if self.current is not None:  # the previous case's nodes go, with their display and storage nodes
             from .. import scene as bridge
@@ -176,7 +178,7 @@ class ReviewApp:
         scene.SetURL(str(mrml))
         if not scene.Import():
             raise SegXAIError(f"could not load the scene of {key}")
-        self.current = CaseScene(scene, case, entries)
+        self.current = CaseScene(scene, case, entries, labels)
         state = self.server.state
         state.methods = [{"name": m, "title": look.method_info(m).title} for m in self.current.methods]
         state.about = [{"name": k, "text": v} for k, v in case.describe().items() if v]

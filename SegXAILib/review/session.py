@@ -32,9 +32,18 @@ def map_entries(case: Case) -> list:
     return out
 
 
-def case_reference(case: Case, given=None) -> tuple:
+def read_labels(case: Case):
+    """The case's label volume (None without a label file): read once per case shown, and handed to the scene, the
+    reference and the slice focus."""
+    from ..volume import read_volume
+
+    return read_volume(case.labels) if case.labels is not None else None
+
+
+def case_reference(case: Case, given=None, labels=None) -> tuple:
     """``(Reference or None, note)``: the reference given (``--reference``) or the one ``segxai explain --reference``
-    recorded in the report, read against the case's labels; the note says what was compared, or why nothing was."""
+    recorded in the report, read against the case's labels (``labels``: already read); the note says what was
+    compared, or why nothing was."""
     from .reference import read_reference
 
     path = given or case.report.get("reference")
@@ -44,20 +53,18 @@ def case_reference(case: Case, given=None) -> tuple:
         return None, f"the reference {path} is not compared: the case has no label file ({case.stem}_labels.nii.gz)"
     if not Path(path).is_file():
         return None, f"the reference {path} (recorded by segxai explain) is missing; give it with --reference FILE"
-    from ..volume import read_volume
-
     target = case.report.get("target") or {}
     if target.get("value") is None:
         return None, "the report does not say the explained class's label value; the reference is not compared"
     try:
-        reference = read_reference(path, read_volume(case.labels), int(target["value"]))
+        reference = read_reference(path, labels if labels is not None else read_labels(case), int(target["value"]))
     except SegXAIError as error:  # an unreadable or empty reference: the case still shows, the note says why
         return None, f"the reference {path} is not compared: {error}"
     return reference, (f"Predicted {case.target_class} against the reference {Path(path).name} ({reference.read_as}; "
                        f"white outline)")
 
 
-def build_scene_file(case: Case, work_dir, reference=None) -> Path:
+def build_scene_file(case: Case, work_dir, reference=None, labels=None) -> Path:
     """The case's scene as ``<work_dir>/<stem>.mrml`` (CT, segments with 3D surfaces, every map styled, and the
     reference's outline when given)."""
     from .. import scene as bridge
@@ -67,7 +74,7 @@ def build_scene_file(case: Case, work_dir, reference=None) -> Path:
         raise SegXAIError(f"the CT of {case.stem} was not found (not in the folder, report input missing); "
                           f"give it with --ct FILE")
     ct = read_volume(case.ct)
-    labels = read_volume(case.labels) if case.labels is not None else None
+    labels = labels if labels is not None else read_labels(case)
     bridge.new_headless_scene()
     node = bridge.add_volume_node(ct, case.stem)
     node.GetDisplayNode().AutoWindowLevelOff()
@@ -94,16 +101,14 @@ def add_reference_outline(input_node, mask, class_name: str, provenance: dict):
     return node
 
 
-def focus_point(case: Case, entries: list):
+def focus_point(case: Case, entries: list, labels=None):
     """RAS (mm) the slice views centre on: the centre of the explained class's segment, else the first map's
     strongest voxel; None when neither is there. The volume's centre often misses the organ (the pelvis, not the liver)."""
     import numpy as np
 
-    from ..volume import read_volume
-
     grid = None
-    if case.labels is not None:
-        labels = read_volume(case.labels)
+    labels = labels if labels is not None else read_labels(case)
+    if labels is not None:
         value = (case.report.get("target") or {}).get("value")
         mask = labels.array == value if value is not None else labels.array > 0
         if mask.any():
@@ -120,7 +125,7 @@ def focus_point(case: Case, entries: list):
 class CaseScene:
     """The loaded case inside the trame-slicer application's scene, and the page's controls acting on it."""
 
-    def __init__(self, scene, case: Case, entries: list):
+    def __init__(self, scene, case: Case, entries: list, labels=None):
         from .. import scene as bridge
 
         self.bridge, self.scene, self.case = bridge, scene, case
@@ -133,7 +138,7 @@ class CaseScene:
         self.method = self.methods[0] if self.methods else None
         self.opacity = look.DEFAULT_OPACITY
         self.faint = look.FAINT
-        self.focus = focus_point(case, entries)
+        self.focus = focus_point(case, entries, labels)
 
     def centre_slices(self) -> None:
         """Every slice view through :attr:`focus` (kept in plane: only the slice offset moves)."""
