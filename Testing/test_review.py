@@ -347,12 +347,8 @@ def page(tmp_path_factory):
         start = time.perf_counter()
         driver.get(served.url)
 
-        def axial():  # the layout 'Quad View': coronal, sagittal | 3D, axial — the axial view's picture is the 4th
-            images = driver.find_elements("css selector", "#views img")
-            if len(images) < 4 or min(images[3].size.values()) < 8:
-                return None
-            pixels = element_pixels(images[3])
-            return pixels if pixels.size and (pixels.max(axis=2) > 20).mean() > 0.2 else None
+        def axial():
+            return axial_picture(driver)
 
         first = wait_for(axial)
         figures["first_picture_s"] = time.perf_counter() - start
@@ -394,9 +390,20 @@ def set_slider(driver, element_id: str, key: str) -> None:
     thumb.send_keys(key)
 
 
-def changed_from(page, before: np.ndarray):
+def axial_picture(driver):
+    """The axial view's picture once it shows something (a fifth of it lit), else None; the layout 'Quad View' is
+    coronal, sagittal | 3D, axial, so the axial view's picture is the 4th."""
+    images = driver.find_elements("css selector", "#views img")
+    if len(images) < 4 or min(images[3].size.values()) < 8:
+        return None
+    pixels = element_pixels(images[3])
+    return pixels if pixels.size and (pixels.max(axis=2) > 20).mean() > 0.2 else None
+
+
+def changed_from(axial, before: np.ndarray):
+    """A condition for wait_for: the picture ``axial()`` gives once it differs from ``before`` (else None)."""
     def check():
-        now = page["axial"]()
+        now = axial()
         if now is None or (now.shape == before.shape and np.abs(now.astype(int) - before).max() <= 8):
             return None
         return now
@@ -431,9 +438,9 @@ def test_page_shows_the_map_in_the_liver_the_ct_elsewhere_and_the_report_scores(
 
     current = page["axial"]()
     set_slider(driver, "opacity", Keys.HOME)
-    ct_alone = wait_for(changed_from(page, current))
+    ct_alone = wait_for(changed_from(page["axial"], current))
     set_slider(driver, "opacity", Keys.END)
-    full = wait_for(changed_from(page, ct_alone))
+    full = wait_for(changed_from(page["axial"], ct_alone))
     top, bottom, left, right = ct_square(ct_alone)
     differs = np.abs(full.astype(int) - ct_alone).max(axis=2) > 30
     save_artefacts(ct_alone=ct_alone, gradcam_full=full, differs=(differs[..., None] * np.array([255, 255, 255])).astype(np.uint8))
@@ -480,7 +487,7 @@ def test_the_threshold_hides_the_values_below_it(page):
     full, ct_alone, margin = page["gradcam_full"][0], page["ct_alone"], page["gradcam_full"][2]
     square = ct_square(ct_alone)
     set_slider(driver, "threshold", Keys.END)
-    high = wait_for(changed_from(page, full))
+    high = wait_for(changed_from(page["axial"], full))
     r0, r1, dim0, dim1 = screen_box(square, 22, 38, 18, 26)
     _, _, bright0, bright1 = screen_box(square, 22, 38, 26, 34)
     rows, dim, bright = slice(r0 + margin, r1 - margin), slice(dim0 + margin, dim1 - margin), slice(bright0 + margin, bright1 - margin)
@@ -617,7 +624,7 @@ def test_switching_the_method_changes_the_overlay_and_the_scores(page):
     before = wait_for(page["axial"])  # now, not the first test's picture: the tests between redrew the legend
     start = time.perf_counter()
     driver.find_element("id", "method-ig").click()
-    switched = wait_for(changed_from(page, before), pause=0.02, tries=3000)
+    switched = wait_for(changed_from(page["axial"], before), pause=0.02, tries=3000)
     page["figures"]["method_switch_s"] = time.perf_counter() - start
     hot = switched[r0 + 2 * margin:r1 - 2 * margin, c0 + 2 * margin:c1 - 2 * margin].reshape(-1, 3).mean(axis=0)
     assert hot[2] > hot[0] + 60, f"IG's negative values are blue, got {hot}"
@@ -653,7 +660,7 @@ def test_choosing_another_case_shows_its_picture_and_scores(page):
     shown = wait_for(lambda: (lambda s: s if s.get(plain_name("energy_inside")) == wanted else None)(scores_shown(driver)))
     for key, value in numbers(expected).items():
         assert float(shown[plain_name(key)]) == pytest.approx(float(value), rel=5e-3), key
-    wait_for(changed_from(page, before))
+    wait_for(changed_from(page["axial"], before))
     page["figures"]["case_switch_s"] = time.perf_counter() - start
 
 
@@ -755,13 +762,10 @@ def test_review_of_a_ct_computes_first_with_its_progress_in_the_page(tmp_path):
         assert not driver.find_element("id", "progress-error").text
         assert (out / "ct_liver_explain.json").is_file() and (out / "ct_liver_hirescam_liver.nrrd").is_file()
 
-        def axial():
-            images = driver.find_elements("css selector", "#views img")
-            return element_pixels(images[3]) if len(images) >= 4 and min(images[3].size.values()) >= 8 else None
-
-        shown = wait_for(lambda: (lambda p: p if p is not None and (p.max(axis=2) > 20).mean() > 0.2 else None)(axial()))
+        shown = wait_for(lambda: axial_picture(driver))
         set_slider(driver, "opacity", Keys.HOME)
-        ct_alone = wait_for(lambda: (lambda p: p if p is not None and np.abs(p.astype(int) - shown).max() > 30 else None)(axial()))
+        ct_alone = wait_for(lambda: (lambda p: p if p is not None and np.abs(p.astype(int) - shown).max() > 30 else None)(
+            axial_picture(driver)))
         differs = np.abs(shown.astype(int) - ct_alone).max(axis=2) > 30
         save_artefacts(computed=shown)
         assert differs.mean() > 0.005, "no map over the CT"

@@ -18,30 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))
 
-from test_review import Served, browser_or_skip, element_pixels, wait_for  # noqa: E402
-
-
-def axial_picture(driver):
-    """The axial view's picture (4th of 'Quad View') once it shows something, else None."""
-    images = driver.find_elements("css selector", "#views img")
-    if len(images) < 4 or min(images[3].size.values()) < 8:
-        return None
-    pixels = element_pixels(images[3])
-    return pixels if pixels.size and (pixels.max(axis=2) > 20).mean() > 0.2 else None
-
-
-def changed(driver, before):
-    def check():
-        now = axial_picture(driver)
-        if now is None or (now.shape == before.shape and np.abs(now.astype(int) - before).max() <= 8):
-            return None
-        return now
-    return check
+from test_review import Served, axial_picture, browser_or_skip, changed_from, wait_for  # noqa: E402
 
 
 def main() -> int:
@@ -60,7 +41,7 @@ def main() -> int:
     try:
         start = time.perf_counter()
         driver.get(served.url)
-        picture = wait_for(lambda: axial_picture(driver), tries=3000)
+        wait_for(lambda: axial_picture(driver), tries=3000)
         first = time.perf_counter() - start
         switches = []
         for _ in range(args.rounds):
@@ -69,7 +50,7 @@ def main() -> int:
                 before = wait_for(lambda: axial_picture(driver))
                 t = time.perf_counter()
                 driver.find_element("id", f"method-{method}").click()
-                picture = wait_for(changed(driver, before), pause=0.02, tries=3000)
+                wait_for(changed_from(lambda: axial_picture(driver), before), pause=0.02, tries=3000)
                 switches.append(time.perf_counter() - t)
         if args.screenshot:
             time.sleep(3.0)  # the views refit to their browser size
